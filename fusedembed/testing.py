@@ -1,0 +1,23 @@
+"""Helpers for tests of fusedembed and of its plugins."""
+
+import torch
+
+# Absolute/relative tolerances of a kernel against the float64 reference, by input dtype.
+TOLERANCES = {
+    torch.float64: dict(atol=1e-10, rtol=1e-9),
+    torch.float32: dict(atol=1e-5, rtol=1e-4),
+    torch.float16: dict(atol=1e-3, rtol=4e-3),
+    torch.bfloat16: dict(atol=1e-2, rtol=2e-2),
+}
+
+
+def tolerance(dtype: torch.dtype) -> dict:
+    return TOLERANCES[dtype]
+
+
+def cpu_and_cuda():
+    """Device parameters for ``pytest.mark.parametrize("device", cpu_and_cuda())``: "cuda" carries
+    the ``cuda`` marker, so it is skipped without a GPU and selected by ``pytest -m cuda``."""
+    import pytest
+
+    return ("cpu", pytest.param("cuda", marks=pytest.mark.cuda))
