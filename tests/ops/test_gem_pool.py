@@ -189,7 +189,8 @@ def test_cuda_equals_cpu(dtype, shape):
         tol = tolerance(dtype)
         torch.testing.assert_close(gem_pool(xg, pg).cpu(), gem_pool(xc, pc), **tol)
         torch.testing.assert_close(xg.grad.cpu(), xc.grad, **tol)
-        torch.testing.assert_close(pg.grad.cpu(), pc.grad, rtol=1e-3, atol=1e-3)
+        # dp sums B rows of y-rounded terms: the dtype's tolerance, widened like the dp check above.
+        torch.testing.assert_close(pg.grad.cpu(), pc.grad, rtol=tol["rtol"] * 5, atol=tol["atol"] * 50)
 
 
 class TestGeMModule:

@@ -1,0 +1,60 @@
+"""The extension is built, says what it is, and refuses to run against another torch."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import fusedembed
+
+
+def test_build_info_describes_the_extension():
+    info = fusedembed.build_info()
+    assert info["version"] == fusedembed.__version__
+    assert info["torch_version"] == torch.__version__
+    assert "cpu" in info["devices"]
+    assert info["extension"] and os.path.exists(info["extension"])
+    assert ("cuda" in info["devices"]) == (info["cuda_version"] is not None)
+    if info["cuda_version"] is not None:
+        assert info["cuda_archs"], "a CUDA build lists the archs it compiled"
+
+
+def test_every_schema_has_a_cpu_kernel():
+    names = [n for n in dir(torch.ops.fusedembed) if not n.startswith("_") and n not in ("name", "dispatch")]
+    assert "gem_pool" in names
+    for name in names:
+        op = getattr(torch.ops.fusedembed, name)
+        if isinstance(op, torch._ops.OpOverloadPacket):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(op.default.name(), "CPU"), name
+
+
+def test_stale_build_is_named(tmp_path):
+    """A _C built against another torch fails import with both versions and the rebuild command."""
+    pkg = tmp_path / "fusedembed"
+    src = os.path.dirname(fusedembed.__file__)
+    pkg.mkdir()
+    for name in os.listdir(src):
+        if name.endswith(".py") or name in ("ops", "nn"):
+            target = pkg / name
+            os.symlink(os.path.join(src, name), target)
+    (pkg / "_build_meta.py").unlink(missing_ok=True)
+    (pkg / "_build_meta.py").write_text("TORCH_VERSION = '1.0.0+old'\n")
+    code = textwrap.dedent("""
+        import sys; sys.path.insert(0, sys.argv[1])
+        import fusedembed
+    """)
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode != 0
+    assert "built against torch 1.0.0+old" in result.stderr
+    assert f"torch {torch.__version__} is installed" in result.stderr
+    assert "pip install --no-build-isolation" in result.stderr
+
+
+@pytest.mark.skipif(fusedembed.has_extension(), reason="only meaningful without a built extension")
+def test_fallback_warns_once():  # pragma: no cover - runs where _C is absent
+    with pytest.warns(RuntimeWarning, match="not built"):
+        fusedembed.ops.gem_pool(torch.rand(1, 2, 3, 3), 3.0)
