@@ -62,7 +62,7 @@ def _uniform24(words: torch.Tensor) -> torch.Tensor:
 
 
 def _pick_word(words, lane: torch.Tensor) -> torch.Tensor:
-    return torch.stack(torch.broadcast_tensors(*words), -1).gather(-1, lane.expand(words[0].shape).unsqueeze(-1)).squeeze(-1)
+    return torch.stack(words, -1).gather(-1, lane.unsqueeze(-1)).squeeze(-1)
 
 
 def _normalized_targets(logits_dtype: torch.dtype, targets: torch.Tensor) -> torch.Tensor:
@@ -120,9 +120,12 @@ def sampled_sigmoid_keep_mask(targets: torch.Tensor, counts: torch.Tensor, pos_t
         keep_neg = torch.where(has_pos, ratio * npos.to(torch.float32) / nneg.to(torch.float32), 1.0)
         keep_neg = torch.clamp(keep_neg, max=1.0)
     needs_draw = has_pos & (keep_neg < 1)
-    rows = row_start + torch.arange(B, device=dev).unsqueeze(1)
-    words = philox4x32_10(rows >> 2, j.unsqueeze(0), o0, o1, k0, k1)
-    entry_draw = _uniform24(_pick_word(words, rows & 3))
+    # One call per (group of four global rows, class); its four words are the four rows' draws.
+    g0, g1 = row_start >> 2, (row_start + B + 3) >> 2
+    groups = torch.arange(g0, g1, device=dev).unsqueeze(1)
+    words = philox4x32_10(groups, j.unsqueeze(0), o0, o1, k0, k1)
+    draws = torch.stack(words, 1).reshape(4 * (g1 - g0), C)  # row 4 * g + word
+    entry_draw = _uniform24(draws[row_start - 4 * g0:row_start - 4 * g0 + B])
     pos = _is_positive(y, pos_threshold)
     keep_in_pos_class = pos | ~needs_draw | (entry_draw < keep_neg)
     mask = torch.where(has_pos, keep_in_pos_class, keep_column) & (y != -1)

@@ -167,6 +167,9 @@ if has_extension():
     def _backward(ctx, grad_loss, _grad_grad, _grad_kept):
         if not ctx.compute_grad:
             raise RuntimeError(f"{_NAME}: backward needs the forward call to have compute_grad=True")
+        if torch.is_grad_enabled():
+            # The saved gradient is a constant: a graph through it would have no second derivative.
+            raise RuntimeError(f"{_NAME}: double backward is not supported (backward with create_graph=True)")
         (grad,) = ctx.saved_tensors
         dlogits = grad * grad_loss if ctx.needs_input_grad[0] else None
         return (dlogits,) + (None,) * 12

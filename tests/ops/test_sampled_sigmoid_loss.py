@@ -226,6 +226,43 @@ def test_no_grad_skips_the_gradient():
         assert sampled_sigmoid_loss(z, targets, torch.ones(6), seed=0).grad_fn is None
 
 
+def test_reference_fallback_gives_the_same_result(monkeypatch):
+    import sys
+
+    import fusedembed._extension as ext
+
+    wrapper = sys.modules["fusedembed.ops.sampled_sigmoid_loss"]
+    logits, targets = make_batch(12, 20, pos_frac=0.1)
+    cw = weights("two_rows", 20, "cpu")
+    kw = dict(neg_ratio=2.0, empty_keep=0.4, seed=21, offset=2, reduction="none", return_stats=True)
+    z1 = logits.clone().requires_grad_()
+    fused, counts, kept = sampled_sigmoid_loss(z1, targets, cw, **kw)
+    fused.sum().backward()
+    monkeypatch.setattr(wrapper, "has_extension", lambda: False)
+    monkeypatch.setattr(ext, "_warned", set())
+    z2 = logits.clone().requires_grad_()
+    with pytest.warns(RuntimeWarning, match="sampled_sigmoid_loss runs the pure-PyTorch reference"):
+        ref, ref_counts, ref_kept = sampled_sigmoid_loss(z2, targets, cw, **kw)
+    ref.sum().backward()
+    assert torch.equal(ref_counts, counts) and torch.equal(ref_kept, kept)
+    assert torch.equal(ref != 0, fused != 0)
+    torch.testing.assert_close(ref, fused)
+    torch.testing.assert_close(z2.grad, z1.grad)
+
+
+def test_backward_refuses_what_it_cannot_do():
+    logits, targets = make_batch(5, 6)
+    counts = sampled_sigmoid_loss_counts(targets)
+    z = logits.clone().requires_grad_()
+    loss, _, _ = torch.ops.fusedembed.sampled_sigmoid_loss(z, targets, counts, torch.ones(6), torch.tensor(12.0), 0.7,
+                                                           None, 0.0, 0, 0, 0, "mean", False)
+    with pytest.raises(RuntimeError, match="backward needs the forward call to have compute_grad=True"):
+        loss.backward()
+    loss = sampled_sigmoid_loss(z, targets, torch.ones(6), seed=0)
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        torch.autograd.grad(loss, z, create_graph=True)
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 def _args(**over):
@@ -519,3 +556,42 @@ def test_cuda_module_matches_cpu_module():
         z, y = make_batch(64, 300, "cpu", pos_frac=0.02, seed=step)
         torch.testing.assert_close(gpu_fn(z.cuda(), y.cuda()).cpu(), cpu_fn(z, y), rtol=1e-4, atol=1e-5)
     assert torch.equal(gpu_fn.run_length.cpu(), cpu_fn.run_length)
+
+
+# --- the module under torch.distributed (gloo, two processes) ----------------------------------
+
+def _ddp_batches(steps=3, B=6, C=40):
+    g = torch.Generator().manual_seed(42)
+    return [(torch.randn(2 * B, C, generator=g), (torch.rand(2 * B, C, generator=g) < 0.04).float())
+            for _ in range(steps)]
+
+
+def _ddp_worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        # Different seeds on purpose: the module must take rank 0's stream.
+        loss_fn = SampledWeightedSigmoidLoss(40, "paper", neg_ratio=1.0, empty_keep=0.5, seed=100 + rank)
+        losses = []
+        for z, y in _ddp_batches():
+            B = z.shape[0] // world
+            losses.append(loss_fn(z[rank * B:(rank + 1) * B], y[rank * B:(rank + 1) * B]))
+        torch.save({"losses": torch.stack(losses), "run_length": loss_fn.run_length,
+                    "last_state": loss_fn.last_state}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
+def test_module_distributed_equals_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    single = SampledWeightedSigmoidLoss(40, "paper", neg_ratio=1.0, empty_keep=0.5, seed=100)
+    expected = torch.stack([single(z, y) for z, y in _ddp_batches()])
+    # Each rank's mean over its half; their average is the mean over the whole batch.
+    torch.testing.assert_close((ranks[0]["losses"] + ranks[1]["losses"]) / 2, expected)
+    for r in ranks:
+        assert torch.equal(r["run_length"], single.run_length) and torch.equal(r["last_state"], single.last_state)
