@@ -6,10 +6,12 @@
 
 #include <cstdint>
 
+#ifndef FUSEDEMBED_HD
 #if defined(__CUDACC__)
 #define FUSEDEMBED_HD __host__ __device__ __forceinline__
 #else
 #define FUSEDEMBED_HD inline
+#endif
 #endif
 
 namespace fusedembed {
