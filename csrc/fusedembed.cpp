@@ -44,4 +44,13 @@ TORCH_LIBRARY(fusedembed, m) {
   // (reduced to p's shape by the caller), an empty tensor otherwise.
   m.def("gem_pool_backward(Tensor grad_y, Tensor x, Tensor p, Tensor y, float eps, bool x_grad, "
         "bool p_grad) -> (Tensor, Tensor)");
+  // Sampled weighted sigmoid loss (Tencent ML-Images), see csrc/ops/sampled_sigmoid_loss.h.
+  // Per-class counts of (B, C) targets: (2, C) int32, row 0 positives (y >= pos_threshold), row 1
+  // negatives (the other entries that are not -1).
+  m.def("sampled_sigmoid_loss_counts(Tensor targets, float pos_threshold) -> Tensor");
+  // One pass given those counts: (loss, grad_logits or an empty tensor unless compute_grad,
+  // kept (C,) bool columns). Keep decisions from Philox keyed by (seed, offset, class, row_start + row).
+  m.def("sampled_sigmoid_loss(Tensor logits, Tensor targets, Tensor counts, Tensor class_weight, "
+        "Tensor pos_weight, float pos_threshold, float? neg_ratio, float empty_keep, int seed, int offset, "
+        "int row_start, str reduction, bool compute_grad) -> (Tensor, Tensor, Tensor)");
 }

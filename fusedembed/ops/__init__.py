@@ -3,5 +3,6 @@
 pure-PyTorch reference in ``_reference`` when the extension is not built."""
 
 from .gem_pool import gem_pool
+from .sampled_sigmoid_loss import sampled_sigmoid_loss
 
-__all__ = ["gem_pool"]
+__all__ = ["gem_pool", "sampled_sigmoid_loss"]

@@ -19,3 +19,156 @@ def gem_pool(x: torch.Tensor, p: torch.Tensor, eps: float = 1e-6) -> torch.Tenso
     m = xc.amax(-1)
     ratio = xc / m.unsqueeze(-1)
     return (m * ratio.pow(pc.unsqueeze(-1) if pc.dim() else pc).mean(-1).pow(1 / pc)).to(x.dtype)
+
+
+# --- sampled_sigmoid_loss --------------------------------------------------------------------
+# Same rules and the same Philox4x32-10 stream as csrc/ops/sampled_sigmoid_loss.h, so the keep
+# decisions are bit-identical; the arithmetic runs in float64.
+
+_MASK32 = 0xFFFFFFFF
+_PHILOX_M = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_W = (0x9E3779B9, 0xBB67AE85)
+_COLUMN_COUNTER = 0xFFFFFFFF
+
+
+def _mulhilo32(m: int, x: torch.Tensor):
+    """(hi, lo) 32-bit words of m * x for uint32 values held in int64, without overflowing int64:
+    m is split into 16-bit halves so each partial product stays below 2^48."""
+    p1 = x * (m >> 16)
+    p0 = x * (m & 0xFFFF)
+    hi = (p1 + (p0 >> 16)) >> 16
+    lo = (((p1 & 0xFFFF) << 16) + p0) & _MASK32
+    return hi, lo
+
+
+def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
+    """Philox4x32-10 of counters (tensors or ints, broadcast; uint32 values in int64) under key
+    (k0, k1): four int64 tensors of uint32 words."""
+    ref = next((c for c in (c0, c1, c2, c3) if isinstance(c, torch.Tensor)), None)
+    device = ref.device if ref is not None else None
+    c = [torch.as_tensor(v, dtype=torch.int64, device=device) for v in (c0, c1, c2, c3)]
+    c = list(torch.broadcast_tensors(*c))
+    for _ in range(10):
+        hi0, lo0 = _mulhilo32(_PHILOX_M[0], c[0])
+        hi1, lo1 = _mulhilo32(_PHILOX_M[1], c[2])
+        c = [hi1 ^ c[1] ^ k0, lo1, hi0 ^ c[3] ^ k1, lo0]
+        k0 = (k0 + _PHILOX_W[0]) & _MASK32
+        k1 = (k1 + _PHILOX_W[1]) & _MASK32
+    return c
+
+
+def _uniform24(words: torch.Tensor) -> torch.Tensor:
+    return (words >> 8).to(torch.float32) * (1.0 / 16777216.0)
+
+
+def _pick_word(words, lane: torch.Tensor) -> torch.Tensor:
+    return torch.stack(words, -1).gather(-1, lane.unsqueeze(-1)).squeeze(-1)
+
+
+def _normalized_targets(logits_dtype: torch.dtype, targets: torch.Tensor) -> torch.Tensor:
+    """Targets as the kernels read them, already in the accumulation type (values unchanged)."""
+    t = targets
+    if t.dtype == torch.bool:
+        t = t.to(torch.uint8)
+    if logits_dtype != torch.float64 and t.dtype == torch.float64:
+        t = t.to(torch.float32)
+    return t.to(torch.float64 if logits_dtype == torch.float64 else torch.float32)
+
+
+def _target_is_valid(y: torch.Tensor) -> torch.Tensor:
+    return ((y >= 0) & (y <= 1)) | (y == -1)
+
+
+def _is_positive(y: torch.Tensor, pos_threshold: float) -> torch.Tensor:
+    return y.to(torch.float32) >= torch.tensor(pos_threshold, dtype=torch.float32, device=y.device)
+
+
+def _raise_first_bad_target(y: torch.Tensor) -> None:
+    bad = ~_target_is_valid(y)
+    if y.device.type == "cpu" and bool(bad.any()):
+        raise RuntimeError(f"sampled_sigmoid_loss: targets must be in [0, 1] or -1, got {y[bad][0].item():g}")
+
+
+def sampled_sigmoid_loss_counts(targets: torch.Tensor, pos_threshold: float) -> torch.Tensor:
+    """(2, C) int32: positives (y >= pos_threshold) and negatives (other non-ignored entries) per class."""
+    y = targets.to(torch.float64 if targets.dtype == torch.float64 else torch.float32)
+    _raise_first_bad_target(y)
+    valid = y != -1
+    pos = valid & _is_positive(y, pos_threshold)
+    return torch.stack([pos.sum(0), (valid & ~pos).sum(0)]).to(torch.int32)
+
+
+def sampled_sigmoid_keep_mask(targets: torch.Tensor, counts: torch.Tensor, pos_threshold: float, neg_ratio,
+                              empty_keep: float, seed: int, offset: int, row_start: int = 0,
+                              logits_dtype: torch.dtype = torch.float32):
+    """The keep mask m (B, C) bool and the kept columns (C,) bool the kernels use."""
+    y = _normalized_targets(logits_dtype, targets)
+    B, C = y.shape
+    dev = y.device
+    npos, nneg = counts[0].to(torch.int64), counts[1].to(torch.int64)
+    has_pos = npos > 0
+    k0, k1, o0, o1 = seed & _MASK32, seed >> 32, offset & _MASK32, offset >> 32
+    j = torch.arange(C, device=dev)
+    col_words = philox4x32_10(_COLUMN_COUNTER, j >> 2, o0, o1, k0, k1)
+    col_draw = _uniform24(_pick_word(col_words, j & 3))
+    keep_column = has_pos | (col_draw < torch.tensor(empty_keep, dtype=torch.float32, device=dev))
+    if neg_ratio is None:
+        keep_neg = torch.ones(C, dtype=torch.float32, device=dev)
+    else:
+        # Float32, multiply then divide: the kernels' exact sequence of roundings.
+        ratio = torch.tensor(neg_ratio, dtype=torch.float32, device=dev)
+        keep_neg = torch.where(has_pos, ratio * npos.to(torch.float32) / nneg.to(torch.float32), 1.0)
+        keep_neg = torch.clamp(keep_neg, max=1.0)
+    needs_draw = has_pos & (keep_neg < 1)
+    # One call per (group of four global rows, class); its four words are the four rows' draws.
+    g0, g1 = row_start >> 2, (row_start + B + 3) >> 2
+    groups = torch.arange(g0, g1, device=dev).unsqueeze(1)
+    words = philox4x32_10(groups, j.unsqueeze(0), o0, o1, k0, k1)
+    draws = torch.stack(words, 1).reshape(4 * (g1 - g0), C)  # row 4 * g + word
+    entry_draw = _uniform24(draws[row_start - 4 * g0:row_start - 4 * g0 + B])
+    pos = _is_positive(y, pos_threshold)
+    keep_in_pos_class = pos | ~needs_draw | (entry_draw < keep_neg)
+    mask = torch.where(has_pos, keep_in_pos_class, keep_column) & (y != -1)
+    return mask, keep_column
+
+
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
+
+
+def sampled_sigmoid_loss(logits: torch.Tensor, targets: torch.Tensor, counts, class_weight: torch.Tensor,
+                         pos_weight: torch.Tensor, pos_threshold: float, neg_ratio, empty_keep: float, seed: int,
+                         offset: int, row_start: int, reduction: str):
+    """(loss, kept) of the sampled weighted sigmoid loss, differentiable in logits.
+
+    counts: (2, C) from sampled_sigmoid_loss_counts, or None to count here. Invalid targets raise
+    on the CPU and give NaN (loss and gradient) elsewhere, like the kernels."""
+    y = _normalized_targets(logits.dtype, targets)
+    if counts is None:
+        counts = sampled_sigmoid_loss_counts(targets, pos_threshold)
+    _raise_first_bad_target(y)
+    B, C = logits.shape
+    mask, kept = sampled_sigmoid_keep_mask(targets, counts, pos_threshold, neg_ratio, empty_keep, seed, offset,
+                                           row_start, logits.dtype)
+    has_pos = counts[0] > 0
+    cw = class_weight.to(torch.float64)
+    w = torch.where(has_pos, cw[0], cw[1]) if cw.dim() == 2 else cw
+    eta = pos_weight.to(torch.float64).reshape(-1)
+    eta = eta if eta.numel() > 1 else eta.reshape(())
+    y = y.to(torch.float64)
+    z = logits.to(torch.float64)
+    keep = mask & (w != 0)
+    zs = torch.where(keep, z, 0.0)  # dropped entries never reach softplus, nor its gradient
+    a, b = eta * y, 1 - y
+    ce = torch.where(a != 0, a * _softplus(-zs), 0.0) + torch.where(b != 0, b * _softplus(zs), 0.0)
+    elem = torch.where(keep, w * ce, 0.0)
+    valid = _target_is_valid(y)
+    # NaN value and gradient at invalid targets only (the where keeps NaN out of valid gradients).
+    poison = torch.where(valid, 0.0, z) * float("nan")
+    elem = torch.where(valid, elem, poison)
+    if reduction == "none":
+        loss = elem
+    else:
+        scale = {"mean": 1.0 / B, "mean_classes": 1.0 / (B * C), "sum": 1.0}[reduction]
+        loss = elem.sum() * scale
+    return loss.to(logits.dtype), kept
