@@ -100,7 +100,8 @@ def fusedembed_register_models(register):
     ``factory(**kwargs)`` returns an ``nn.Module`` whose ``forward(batch)`` takes the collated
     batch dict and returns a dict of named output tensors (``"image_embedding"``, ``"logits"``)
     that losses and evaluators consume. Sub-components arrive as config dicts
-    (``{"name": "resnet50", ...}``); build them with ``fusedembed.build("backbone", cfg)``.
+    (``{"name": "resnet50", ...}``); build them with ``fusedembed.build("backbone", cfg)`` and
+    annotate the argument ``fusedembed.spec("backbone")`` so recipes are checked down into it.
     """
 
 

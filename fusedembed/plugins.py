@@ -114,16 +114,17 @@ class PluginManager:
                 self._disable(info, DISABLE_ENV)
             else:
                 self._load(ep, info)
-        self._registries.unavailable = {p.name: p.error for p in self.plugins.values() if not p.ok}
 
     def _disable(self, info: PluginInfo, var: str):
         info.status, info.error = "disabled", f"disabled by {var}"
         self.plugins[info.name] = info
+        self._registries.unavailable[info.name] = info.error  # named by unknown-name errors
 
     def _fail(self, info: PluginInfo, err: BaseException) -> PluginInfo:
         info.status, info.error = "failed", f"{type(err).__name__}: {err}"
         info.traceback = "".join(traceback.format_exception(type(err), err, err.__traceback__))
         self.plugins[info.name] = info
+        self._registries.unavailable[info.name] = info.error
         return info
 
     def _load(self, ep, info: PluginInfo) -> PluginInfo:
@@ -143,7 +144,7 @@ class PluginManager:
             info = PluginInfo(info, getattr(plugin, "__name__", repr(plugin)))
         try:
             self.pm.register(plugin, name=info.name)
-            self._check_hooks(plugin, info.name)
+            self._check_hooks(plugin)
             staged = self._collect(plugin, info.name)
         except Exception as err:
             if self.pm.get_plugin(info.name) is plugin:  # pluggy may have added it half-way
@@ -160,7 +161,7 @@ class PluginManager:
             info.registered.setdefault(KINDS[entry.kind].plural, []).append(entry.name)
         return info
 
-    def _check_hooks(self, plugin, name: str):
+    def _check_hooks(self, plugin):
         unmarked = [attr for attr in dir(plugin) if attr.startswith("fusedembed_")
                     and callable(getattr(plugin, attr, None))
                     and self.pm.parse_hookimpl_opts(plugin, attr) is None]

@@ -6,11 +6,18 @@ key by key. The trainer section is the trainer's to extend as it gains options.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
-from .registry import spec
+from .registry import normalize, spec
 
+# A `losses` entry is a loss component plus these keys of the trainer's, never given to the factory.
 LossSpec = spec("loss", weight=float, inputs=Dict[str, str])
+
+
+def split_loss(entry) -> Tuple[dict, float, Dict[str, str]]:
+    """``(component config for build("loss", ...), weight, inputs)`` of one ``losses`` entry."""
+    cfg = normalize(entry, "loss")
+    return cfg, float(cfg.pop("weight", 1.0)), dict(cfg.pop("inputs", None) or {})
 
 
 @dataclass

@@ -197,7 +197,8 @@ class Registry:
             raise RegistryError(f"{what}: a {self.kind.name} factory must accept the argument(s) "
                                 f"{', '.join(missing)} (passed by the trainer); it accepts "
                                 f"{', '.join(accepted) or 'nothing'}")
-        doc = (inspect.getdoc(target) or "").strip().splitlines()
+        # Own docstring only: getdoc would give a bare nn.Module subclass nn.Module's text.
+        doc = inspect.cleandoc(getattr(target, "__doc__", None) or "").splitlines()
         return Entry(self.kind.name, name, target, plugin, description or (doc[0] if doc else ""),
                      accepted, required)
 

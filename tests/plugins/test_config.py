@@ -236,3 +236,11 @@ def test_merge_and_apply_overrides_do_not_modify_inputs():
     assert base["a"]["c"]["k"] == 1 and merged["a"]["b"] is not base["a"]["b"]
     out = apply_overrides(base, ["a.b.0=5", "a.new.deep=1"])
     assert out["a"]["b"] == [5, 2] and out["a"]["new"] == {"deep": 1} and base["a"]["b"] == [1, 2]
+
+
+def test_split_loss():
+    from fusedembed.recipe import split_loss
+
+    assert split_loss({"name": "ce", "weight": 2, "inputs": {"logits": "img_logits"}, "eps": 0.1}) == (
+        {"name": "ce", "eps": 0.1}, 2.0, {"logits": "img_logits"})
+    assert split_loss("ce") == ({"name": "ce"}, 1.0, {})

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from fusedembed import load_config
+from fusedembed.recipe import split_loss
 from fusedembed.testing import plugin_manager
 
 
@@ -44,8 +45,10 @@ def test_recipe_trains_a_few_steps(regs):
     recipe = load_config("example/tiny", registries=regs)
     torch.manual_seed(0)
     model = regs.build("model", recipe.model)
-    losses = [(regs.build("loss", {k: v for k, v in spec.items() if k not in ("weight", "inputs")}),
-               spec.get("weight", 1.0)) for spec in recipe.losses]
+    losses = []
+    for entry in recipe.losses:
+        cfg, weight, _ = split_loss(entry)
+        losses.append((regs.build("loss", cfg), weight))
     data = regs.build("dataset", recipe.data.train, split="train")
     loader = torch.utils.data.DataLoader(data, batch_size=recipe.trainer.batch_size, shuffle=True)
     params = list(model.parameters()) + [p for loss, _ in losses for p in loss.parameters()]
