@@ -21,3 +21,18 @@ def cpu_and_cuda():
     import pytest
 
     return ("cpu", pytest.param("cuda", marks=pytest.mark.cuda))
+
+
+def plugin_manager(*, builtin: bool = True, **plugins: str):
+    """A PluginManager over the built-in plugin and the ``name="module"`` plugins given, whether
+    installed or not, ignoring the FUSEDEMBED_* variables; for a plugin's own tests::
+
+        regs = plugin_manager(example="fusedembed_example").registries
+        model = regs.build("model", load_config("example/tiny", registries=regs).model)
+    """
+    from importlib.metadata import EntryPoint
+
+    from .plugins import BUILTIN, GROUP, PluginManager
+
+    eps = ([BUILTIN] if builtin else []) + [EntryPoint(n, v, GROUP) for n, v in plugins.items()]
+    return PluginManager(eps, env={})

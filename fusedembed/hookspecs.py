@@ -1,0 +1,115 @@
+"""The hooks a fusedembed plugin implements.
+
+A plugin is a module (or object) whose functions carry ``@fusedembed.hookimpl`` and are named
+after the hooks below. It is found through the entry-point group ``fusedembed``::
+
+    [project.entry-points.fusedembed]
+    myplugin = "my_package.plugin"
+
+Every hook receives one argument, ``register``, and calls it once per thing it provides.
+Registering only records a factory: nothing is built (and no weights are read) until a recipe
+asks for the name, so listing plugins stays cheap. Hooks return nothing.
+
+Components are registered as ``register(name, factory, *, description="")``. ``name`` is
+letters, digits, ``_``, ``-`` and ``.``; it is global across plugins (two plugins registering
+the same backbone name is an error naming both). ``factory`` is any callable (a function or a
+class); the keyword arguments it accepts are exactly the keys a config may set next to
+``name``, so give them defaults and annotations where you can. ``description`` defaults to the
+first line of the factory's docstring.
+
+Configs are registered as ``register(name, path, *, description="")`` with the absolute path of
+a YAML recipe shipped inside the package; users address it as ``<plugin>/<name>``.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("fusedembed")
+hookimpl = pluggy.HookimplMarker("fusedembed")
+
+
+@hookspec
+def fusedembed_register_backbones(register):
+    """Register feature extractors: ``register(name, factory, *, description="")``.
+
+    ``factory(**kwargs)`` returns an ``nn.Module`` with an int attribute ``out_dim``. Its
+    ``forward`` takes one tensor of its modality, images ``(B, 3, H, W)`` float or token ids
+    ``(B, L)`` long, and returns features ``(B, out_dim)``. Pretrained weights come only from a
+    local file named in the config (conventionally ``pretrained_path``); factories never download.
+    """
+
+
+@hookspec
+def fusedembed_register_losses(register):
+    """Register losses: ``register(name, factory, *, description="")``.
+
+    ``factory(**kwargs)`` returns an ``nn.Module``, so parameters it learns (a margin) and state
+    buffers it keeps (per-class counters) are saved and restored with the checkpoint.
+    ``forward`` takes tensors by keyword and returns a scalar tensor. The recipe lists losses as
+    ``{name, weight, inputs, **kwargs}``: ``inputs`` maps a ``forward`` argument to a model output
+    or batch field (an argument not mapped is looked up under its own name), ``weight`` scales
+    it in the summed objective; both are the trainer's, never passed to the factory.
+    """
+
+
+@hookspec
+def fusedembed_register_datasets(register):
+    """Register datasets: ``register(name, factory, *, description="")``.
+
+    ``factory(split, **kwargs)`` takes the split (``"train"``, ``"val"`` or ``"test"``; the
+    trainer passes it, the config never sets it) and returns a ``torch.utils.data.Dataset``.
+    Each item is a dict holding the keys the dataset provides, from this vocabulary:
+
+    - ``image``: float tensor ``(3, H, W)``, normalised
+    - ``tokens``: long tensor ``(L,)`` of token ids, 0 is padding; ``text``: the caption string
+    - ``label``: int class id; ``labels``: float tensor ``(C,)``, multi-hot or confidences
+    - ``boxes``: float tensor ``(N, 4)``, ``x0, y0, x1, y1`` in pixels
+    - ``instance``: int id of the image the item belongs to (its captions share it)
+    - ``index``: int position of the item in the dataset
+
+    A dataset whose items need more than ``default_collate`` (text of varying length) exposes
+    ``collate(items) -> batch``; it pads ``tokens`` and adds ``lengths``.
+    """
+
+
+@hookspec
+def fusedembed_register_samplers(register):
+    """Register batch samplers: ``register(name, factory, *, description="")``.
+
+    ``factory(dataset, **kwargs)`` receives the built dataset (the trainer passes it) and returns
+    a ``torch.utils.data.Sampler``. One that yields whole batches (lists of indices, e.g. P
+    classes x K instances) sets ``yields_batches = True`` so the trainer uses it as the
+    ``batch_sampler``. ``set_epoch(epoch)``, when present, is called before every epoch. A
+    factory that accepts ``num_replicas`` and ``rank`` is given them under distributed training.
+    """
+
+
+@hookspec
+def fusedembed_register_evaluators(register):
+    """Register evaluators: ``register(name, factory, *, description="")``.
+
+    ``factory(**kwargs)`` returns a callable ``evaluator(model, loader, *, device)`` that runs
+    the model over a split and returns a flat ``dict[str, float]`` of metrics (``"i2t_R@1"``),
+    which the trainer logs and may pick its best checkpoint by.
+    """
+
+
+@hookspec
+def fusedembed_register_models(register):
+    """Register models: ``register(name, factory, *, description="")``.
+
+    ``factory(**kwargs)`` returns an ``nn.Module`` whose ``forward(batch)`` takes the collated
+    batch dict and returns a dict of named output tensors (``"image_embedding"``, ``"logits"``)
+    that losses and evaluators consume. Sub-components arrive as config dicts
+    (``{"name": "resnet50", ...}``); build them with ``fusedembed.build("backbone", cfg)`` and
+    annotate the argument ``fusedembed.spec("backbone")`` so recipes are checked down into it.
+    """
+
+
+@hookspec
+def fusedembed_register_configs(register):
+    """Register YAML recipes: ``register(name, path, *, description="")``.
+
+    ``path`` is the absolute path of a YAML file in the installed package (list it as package
+    data). It is addressed as ``<plugin>/<name>``, e.g. ``fusedembed train dualpath/scenes``.
+    Its ``_base_`` entries may name files relative to it or other ``<plugin>/<name>`` configs.
+    """

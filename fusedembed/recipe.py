@@ -1,0 +1,98 @@
+"""The recipe schema: what a YAML recipe may contain, with types and defaults.
+
+Components (model, losses, datasets, sampler, evaluators) are ``{"name": ..., **kwargs}``
+dicts checked against the registered factories; the other sections are dataclasses checked
+key by key. The trainer section is the trainer's to extend as it gains options.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional, Tuple
+
+from .registry import normalize, spec
+
+# A `losses` entry is a loss component plus these keys of the trainer's, never given to the factory.
+LossSpec = spec("loss", weight=float, inputs=Dict[str, str])
+
+
+def split_loss(entry) -> Tuple[dict, float, Dict[str, str]]:
+    """``(component config for build("loss", ...), weight, inputs)`` of one ``losses`` entry."""
+    cfg = normalize(entry, "loss")
+    return cfg, float(cfg.pop("weight", 1.0)), dict(cfg.pop("inputs", None) or {})
+
+
+@dataclass
+class OptimizerConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    # Parameter-name glob -> LR multiplier; 0 freezes (``{"image.backbone.*": 0}``).
+    lr_mult: Dict[str, float] = field(default_factory=dict)
+    # Parameter-name globs kept out of weight decay; norm layers and biases when decay_norm_bias is off.
+    no_weight_decay: List[str] = field(default_factory=list)
+    decay_norm_bias: bool = True
+
+
+@dataclass
+class SchedulerConfig:
+    name: Literal["constant", "step", "multistep", "cosine"] = "constant"
+    step_size: int = 30                 # epochs, for "step"
+    milestones: List[int] = field(default_factory=list)   # epochs, for "multistep"
+    gamma: float = 0.1
+    min_lr: float = 0.0                 # floor of "cosine"
+    warmup_epochs: int = 0
+    # linear: from lr * warmup_factor up to lr; exponential: x warmup_factor per epoch, ending at lr.
+    warmup: Literal["linear", "exponential"] = "linear"
+    warmup_factor: float = 0.1
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 1
+    lr: float = 0.1                     # base LR; optimizer.lr_mult scales it per parameter group
+    max_steps: Optional[int] = None
+    batch_size: int = 32
+    eval_batch_size: Optional[int] = None
+    accumulate: int = 1
+    grad_clip_norm: Optional[float] = None
+    grad_clip_value: Optional[float] = None
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    device: str = "auto"
+    workers: int = 0
+    seed: int = 0
+    deterministic: bool = False
+    log_every: int = 10
+    eval_every: int = 1                 # epochs
+    checkpoint_every: Optional[int] = None   # steps; epoch ends always checkpoint
+    best_metric: Optional[str] = None
+    best_mode: Literal["max", "min"] = "max"
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+@dataclass
+class DataConfig:
+    train: Optional[spec("dataset")] = None
+    val: Optional[spec("dataset")] = None
+    test: Optional[spec("dataset")] = None
+    sampler: Optional[spec("sampler")] = None
+
+
+@dataclass(kw_only=True)
+class Recipe:
+    description: str = ""
+    model: spec("model")
+    losses: List[LossSpec] = field(default_factory=list)
+    data: DataConfig = field(default_factory=DataConfig)
+    evaluators: List[spec("evaluator")] = field(default_factory=list)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # Each stage is {"name": ..., <section>: partial} merged onto the recipe, e.g.
+    # {"name": "stage2", "trainer": {"epochs": 5, "optimizer": {"lr_mult": {"image.*": 0.02}}},
+    # "losses": [...]}; see config.stage_recipes.
+    stages: List[Dict[str, Any]] = field(default_factory=list)
+
+
+STAGE_SECTIONS = ("model", "losses", "data", "evaluators", "trainer")

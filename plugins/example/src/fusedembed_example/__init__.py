@@ -1,0 +1,31 @@
+"""fusedembed-example: the smallest complete plugin. Its hooks are all in this module, the
+module its entry point names; the components live in components.py."""
+
+from pathlib import Path
+
+import fusedembed
+
+from .components import CenterLoss, ConvNet, NoiseShapes
+
+__version__ = "0.1.0"
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+@fusedembed.hookimpl
+def fusedembed_register_backbones(register):
+    register("example_convnet", ConvNet)
+
+
+@fusedembed.hookimpl
+def fusedembed_register_losses(register):
+    register("example_center", CenterLoss)
+
+
+@fusedembed.hookimpl
+def fusedembed_register_datasets(register):
+    register("example_noise", NoiseShapes, description="coloured noise images, one colour per class")
+
+
+@fusedembed.hookimpl
+def fusedembed_register_configs(register):
+    register("tiny", CONFIGS / "tiny.yaml", description="example backbone + center loss on noise images")

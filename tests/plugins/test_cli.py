@@ -1,0 +1,103 @@
+import io
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fusedembed.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*argv):
+    out = io.StringIO()
+    code = main(list(argv), out=out)
+    return code, out.getvalue()
+
+
+def test_plugins_table_lists_builtin_and_exits_0():
+    code, out = run("plugins")
+    assert code == 0
+    header, builtin = out.splitlines()[:2]
+    assert header.split() == ["PLUGIN", "VERSION", "DISTRIBUTION", "STATUS", "REGISTERED", "/", "ERROR"]
+    assert builtin.split()[:4] == ["builtin", "0.1.0", "fusedembed", "loaded"]
+    assert "backbones: resnet18, resnet34, resnet50, tiny_cnn" in builtin
+    assert "losses: cross_entropy, bce" in out and "models: image_embedding" in out
+
+
+def test_plugins_reports_a_broken_plugin_and_exits_1(make_plugin):
+    make_plugin("broken", "raise ImportError('needs libfoo')\n", version="0.3")
+    code, out = run("plugins")
+    assert code == 1
+    line = next(l for l in out.splitlines() if l.startswith("broken"))
+    assert line.split()[:4] == ["broken", "0.3", "fe-test-broken", "failed"]
+    assert line.endswith("ImportError: needs libfoo")
+    assert "fusedembed plugins -v" in out and "Traceback" not in out
+    code, out = run("plugins", "-v")
+    assert code == 1 and "--- broken (fe_test_broken) ---\nTraceback" in out
+
+
+def test_plugins_shows_disabled_and_conflicts(make_plugin, monkeypatch):
+    code = "import fusedembed, torch\n@fusedembed.hookimpl\ndef fusedembed_register_losses(register):\n" \
+           "    register('cross_entropy', torch.nn.CrossEntropyLoss)\n"
+    make_plugin("clash", code)
+    code_, out = run("plugins")
+    assert code_ == 1
+    assert "conflict: loss 'cross_entropy' is registered twice: by plugin 'builtin'" in out
+    monkeypatch.setenv("FUSEDEMBED_DISABLE_PLUGINS", "clash")
+    from fusedembed.plugins import reset_plugin_manager
+
+    reset_plugin_manager()
+    code_, out = run("plugins")
+    assert code_ == 0 and "disabled by FUSEDEMBED_DISABLE_PLUGINS" in out
+
+
+def test_list(capsys):
+    code, out = run("list", "backbones", "res*")
+    assert code == 0
+    assert [l.split()[:2] for l in out.splitlines()] == [
+        ["NAME", "PLUGIN"], ["resnet18", "builtin"], ["resnet34", "builtin"], ["resnet50", "builtin"]]
+    assert run("list", "loss")[1].splitlines()[1].split()[:2] == ["bce", "builtin"]
+    assert run("list", "backbone", "zz*")[0] == 1
+    assert "no backbones match 'zz*'" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(capsys):
+    assert run()[0] == 2
+    assert "required: COMMAND" in capsys.readouterr().err
+    assert run("list", "widgets")[0] == 2
+    assert "unknown kind 'widgets'; expected one of: backbones" in capsys.readouterr().err
+    assert run("train", "x.yaml")[0] == 2
+    assert run("config")[0] == 2
+    assert run("plugins", "--bogus")[0] == 2
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["plugins", "--help"], ["list", "--help"],
+                                  ["config", "--help"], ["config", "show", "--help"]])
+def test_help_everywhere(argv, capsys):
+    assert run(*argv)[0] == 0
+    assert "usage: fusedembed" in capsys.readouterr().out
+
+
+def test_config_show_prints_the_resolved_recipe(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text("model: {name: image_embedding, backbone: tiny_cnn}\ntrainer: {epochs: 3}\n")
+    code, out = run("config", "show", str(path), "trainer.lr=0.02", "model.num_classes=5")
+    assert code == 0
+    shown = yaml.safe_load(out)
+    assert shown["trainer"]["lr"] == 0.02 and shown["trainer"]["epochs"] == 3
+    assert shown["model"] == {"name": "image_embedding", "backbone": "tiny_cnn", "num_classes": 5}
+    assert shown["trainer"]["optimizer"]["name"] == "sgd"  # defaults filled in
+
+    code, out = run("config", "show", str(path), "trainer.lrr=0.02")
+    assert code == 1 and out == ""
+    assert "unknown key 'trainer.lrr' (did you mean 'lr'?)" in capsys.readouterr().err
+    assert run("config", "show", str(tmp_path / "none.yaml"))[0] == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_pyproject_declares_the_script_and_builtin_entry_point():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert meta["scripts"]["fusedembed"] == "fusedembed.cli:main"
+    assert meta["entry-points"]["fusedembed"]["builtin"] == "fusedembed.builtin"

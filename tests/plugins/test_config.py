@@ -1,0 +1,246 @@
+import textwrap
+
+import pytest
+
+from fusedembed import ConfigError, load_config, save_config
+from fusedembed.config import apply_overrides, load_tree, merge, stage_recipes
+from fusedembed.recipe import Recipe
+from fusedembed.testing import plugin_manager
+
+
+@pytest.fixture(scope="module")
+def regs():
+    return plugin_manager().registries
+
+
+@pytest.fixture
+def write(tmp_path):
+    def write(name, text):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+        return path
+    return write
+
+
+BASE = """
+    description: base recipe
+    model:
+      name: image_embedding
+      backbone: {name: tiny_cnn, width: 8}
+      num_classes: 10
+    losses:
+      - {name: cross_entropy, weight: 1}
+    trainer:
+      lr: 1e-3
+      epochs: 2
+      optimizer: {name: sgd, momentum: 0.8, nesterov: true}
+"""
+
+
+def test_base_inheritance_merges_in_order(write, regs):
+    write("base.yaml", BASE)
+    write("parents/second.yaml", "trainer: {epochs: 5, batch_size: 8}\nmodel: {num_classes: 3}\n")
+    child = write("child.yaml", """
+        _base_: [base.yaml, parents/second.yaml]
+        trainer: {batch_size: 4}
+        description: child
+    """)
+    r = load_config(child, registries=regs)
+    assert isinstance(r, Recipe) and r.description == "child"
+    assert r.trainer.lr == 1e-3 and isinstance(r.trainer.lr, float)  # YAML 1.2 floats: 1e-3
+    assert (r.trainer.epochs, r.trainer.batch_size) == (5, 4)
+    assert r.model == {"name": "image_embedding", "backbone": {"name": "tiny_cnn", "width": 8},
+                       "num_classes": 3}
+    assert r.trainer.optimizer.momentum == 0.8 and r.trainer.scheduler.name == "constant"
+    assert r.losses == [{"name": "cross_entropy", "weight": 1.0}]
+
+
+def test_a_changed_name_starts_the_section_afresh(write, regs):
+    write("base.yaml", BASE)
+    child = write("child.yaml", """
+        _base_: base.yaml
+        model: {backbone: {name: resnet18, pool: gem}}
+        trainer: {optimizer: {name: adamw}}
+    """)
+    r = load_config(child, registries=regs)
+    assert r.model["backbone"] == {"name": "resnet18", "pool": "gem"}    # no width=8 leaked
+    assert r.trainer.optimizer.name == "adamw" and r.trainer.optimizer.nesterov is False
+    r = load_config(child, ["model.backbone.name=tiny_cnn", "model.backbone.depth=2"], registries=regs)
+    assert r.model["backbone"] == {"name": "tiny_cnn", "depth": 2}
+
+
+def test_base_can_name_a_registered_config(write):
+    from importlib.metadata import EntryPoint
+
+    from fusedembed.plugins import BUILTIN, GROUP, PluginManager
+
+    base = write("pkg/configs/base.yaml", BASE)
+    write("pkg/fe_cfg_plugin.py", f"""
+        import fusedembed
+        @fusedembed.hookimpl
+        def fusedembed_register_configs(register):
+            register("base", {str(base)!r})
+    """)
+    import sys
+
+    sys.path.insert(0, str(base.parent.parent))
+    try:
+        regs = PluginManager([BUILTIN, EntryPoint("cfg", "fe_cfg_plugin", GROUP)], env={}).registries
+    finally:
+        sys.path.remove(str(base.parent.parent))
+        sys.modules.pop("fe_cfg_plugin", None)
+    child = write("child.yaml", "_base_: cfg/base\ntrainer: {epochs: 7}\n")
+    r = load_config(child, registries=regs)
+    assert (r.trainer.epochs, r.description) == (7, "base recipe")
+    assert load_config("cfg/base", registries=regs).trainer.epochs == 2
+    with pytest.raises(ConfigError, match=r"no config 'base'.*\(did you mean 'cfg/base'\?\)"):
+        load_config("base", registries=regs)
+
+
+def test_overrides(write, regs):
+    path = write("base.yaml", BASE)
+    r = load_config(path, ["trainer.lr=0.01", "trainer.optimizer.lr_mult={backbone.*: 0}",
+                           "losses.0.weight=2", "trainer.max_steps=null", "trainer.amp=bf16",
+                           "trainer.optimizer.betas=[0.8, 0.9]", "model.embed_dim=4",
+                           "data.train={name: nope}"], registries=regs, check=False)
+    assert r.trainer.lr == 0.01 and r.trainer.optimizer.lr_mult == {"backbone.*": 0.0}
+    assert r.losses[0]["weight"] == 2.0 and r.trainer.amp == "bf16"
+    assert r.trainer.optimizer.betas == [0.8, 0.9] and r.model["embed_dim"] == 4
+    assert r.data.train == {"name": "nope"}  # check=False: schema only
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.lr", "override 'trainer.lr' must look like section.key=value"),
+    ("trainer..lr=1", "must look like section.key=value"),
+    ("losses.3.weight=1", "losses.3 is not an index of the 1-item list losses"),
+    ("trainer.lr.x=1", "trainer.lr is float 0.001, not a mapping"),
+    ("trainer.lr=[1", "the value is not valid YAML"),
+])
+def test_bad_overrides(write, override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        load_tree(write("base.yaml", BASE), [override])
+
+
+def test_unknown_keys_and_types_are_all_reported(write, regs):
+    path = write("base.yaml", BASE)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["trainer.lrr=1", "trainer.momentum=0.5", "trainer.epochs=ten",
+                           "trainer.amp=fp32", "model.backbone.widht=3", "losses.0.weight=x",
+                           "modle={name: x}", "trainer.channels_last=1", "losses.0.smoothing=0.1"],
+                    registries=regs)
+    msg = str(err.value)
+    assert msg.startswith(f"invalid config '{path}':\n  - ")
+    for expected in [
+        "unknown key 'trainer.lrr' (did you mean 'lr'?); trainer takes: epochs, lr, max_steps",
+        "unknown key 'trainer.momentum' (did you mean 'trainer.optimizer.momentum'?)",
+        "trainer.epochs: expected int, got str 'ten'",
+        "trainer.amp: expected one of 'auto', 'bf16', 'fp16', 'off', got 'fp32'",
+        "trainer.channels_last: expected bool, got int 1",
+        "model.backbone: backbone 'tiny_cnn' has no argument 'widht' (did you mean 'width'?). "
+        "It accepts: width, depth, in_channels, pool, gem_p",
+        "losses[0].weight: expected float, got str 'x'",
+        "unknown key 'modle' (did you mean 'model'?); the recipe takes: description, model, losses",
+        "losses[0]: loss 'cross_entropy' has no argument 'smoothing' (did you mean 'label_smoothing'?)",
+    ]:
+        assert expected in msg
+    assert len(err.value.problems) == 9
+
+
+def test_missing_and_unknown_components(write, regs):
+    path = write("r.yaml", "losses: [{name: crossentropy}]\ndata: {train: {name: nope, split: train}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, registries=regs)
+    msg = str(err.value)
+    assert "missing key model" in msg
+    assert "losses[0]: unknown loss 'crossentropy' (did you mean 'cross_entropy'?)" in msg
+    assert "data.train: unknown dataset 'nope'. No datasets are registered." in msg
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model: a\nmodel: b\n", "invalid YAML: duplicate key 'model'"),
+    ("- a\n", "a recipe must be a YAML mapping at the top, got list"),
+    ("model: [\n", "invalid YAML"),
+    ("_base_: 3\n", "_base_ must be a file/config name or a list of them, got 3"),
+    ("_base_: missing.yaml\n", "_base_ 'missing.yaml': config file '"),
+])
+def test_bad_files(write, text, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_tree(write("bad.yaml", text))
+
+
+def test_base_cycles_are_reported(write):
+    write("a.yaml", "_base_: b.yaml\n")
+    write("b.yaml", "_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"_base_ cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        load_tree(write("a.yaml", "_base_: b.yaml\n"))
+
+
+def test_unknown_sources(regs):
+    with pytest.raises(ConfigError, match="config file 'nope.yaml' does not exist"):
+        load_config("nope.yaml", registries=regs)
+    with pytest.raises(ConfigError, match="unknown config 'dualpath/nope'"):
+        load_config("dualpath/nope", registries=regs)
+
+
+def test_stages_merge_onto_the_recipe(write, regs):
+    path = write("staged.yaml", BASE + """
+    stages:
+      - name: one
+        trainer: {optimizer: {lr_mult: {"backbone.*": 0}}}
+      - name: two
+        trainer: {lr: 0.5, epochs: 1}
+        losses: [{name: cross_entropy, weight: 0.5}, {name: bce, weight: 2}]
+    """)
+    r = load_config(path, registries=regs)
+    (n1, s1), (n2, s2) = stage_recipes(r)
+    assert (n1, s1.trainer.optimizer.lr_mult, s1.trainer.lr) == ("one", {"backbone.*": 0.0}, 1e-3)
+    assert (n2, s2.trainer.optimizer.lr_mult, s2.trainer.lr, s2.trainer.epochs) == ("two", {}, 0.5, 1)
+    assert [l["name"] for l in s2.losses] == ["cross_entropy", "bce"] and s2.stages == []
+    assert stage_recipes(load_config(write("flat.yaml", BASE), registries=regs))[0][0] == "main"
+
+
+def test_stage_errors_name_the_stage(write, regs):
+    path = write("staged.yaml", BASE + """
+    stages:
+      - name: one
+        trainr: {lr: 1}
+      - name: two
+        trainer: {lrr: 1}
+        losses: [{name: cross_entropi}]
+      - {trainer: {}}
+    """)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, registries=regs)
+    msg = str(err.value)
+    assert "stages[0] (one): unknown key 'trainr' (did you mean 'trainer'?); a stage may set" in msg
+    assert "stages[1] (two): unknown key 'trainer.lrr' (did you mean 'lr'?)" in msg
+    assert "stages[1] (two): losses[0]: unknown loss 'cross_entropi'" in msg
+    assert "stages[2]: expected a mapping with a string 'name'" in msg
+
+
+def test_resolved_config_is_saved_and_loads_back(write, regs, tmp_path):
+    r = load_config(write("base.yaml", BASE), ["trainer.lr=1e-5", "data.test=null"], registries=regs)
+    saved = save_config(r, tmp_path / "run")
+    assert saved == tmp_path / "run" / "config.yaml"
+    again = load_config(saved, registries=regs)
+    assert again == r and again.trainer.lr == 1e-5
+    assert "lr: 1.0e-05" in saved.read_text()
+
+
+def test_merge_and_apply_overrides_do_not_modify_inputs():
+    base = {"a": {"b": [1, 2], "c": {"name": "x", "k": 1}}}
+    child = {"a": {"c": {"k": 2}}}
+    merged = merge(base, child)
+    assert merged == {"a": {"b": [1, 2], "c": {"name": "x", "k": 2}}}
+    assert base["a"]["c"]["k"] == 1 and merged["a"]["b"] is not base["a"]["b"]
+    out = apply_overrides(base, ["a.b.0=5", "a.new.deep=1"])
+    assert out["a"]["b"] == [5, 2] and out["a"]["new"] == {"deep": 1} and base["a"]["b"] == [1, 2]
+
+
+def test_split_loss():
+    from fusedembed.recipe import split_loss
+
+    assert split_loss({"name": "ce", "weight": 2, "inputs": {"logits": "img_logits"}, "eps": 0.1}) == (
+        {"name": "ce", "eps": 0.1}, 2.0, {"logits": "img_logits"})
+    assert split_loss("ce") == ({"name": "ce"}, 1.0, {})
