@@ -1,0 +1,55 @@
+"""Datasets: the embedded demo data "scenes" and readers of real formats.
+
+Factories (the lead registers them as built-in datasets):
+
+* ``scenes(split="train", root=None, num_images=None, image_size=64, seed=0, view="pair",
+  vocab=None, train_images=None, transform=None, progress=True)`` — synthetic captioned
+  scenes, generated once and cached (:mod:`.scenes`).
+* ``karpathy(json_path, image_root, split="train", view="pair", vocab=None, min_count=1,
+  captions_per_image=None, transform=None, skip_bad=False, verify_images=False, seed=0)`` —
+  Flickr30k / MSCOCO Karpathy split JSON.
+* ``caption_folder(root, captions_file="captions.jsonl", split=None, view="pair", ...)`` —
+  a folder of images + ``captions.jsonl``.
+* ``mlimages(list_file, image_root, dictionary=None, num_classes=None, add_ancestors=False,
+  transform=None, skip_bad=False, verify_images=False)`` — Tencent ML-Images lists.
+* ``collate(batch, pad_to=None)`` — batches items (pads tokens, returns lengths).
+
+Item contract (dicts). Caption datasets (scenes, karpathy, caption_folder) have three views
+— ``"image"``: one item per image with one caption drawn per epoch (``set_epoch``);
+``"pair"``: every (image, caption) pair; ``"text"``: captions only, no image — and
+``dataset.caption_to_image`` (M,) for the retrieval metrics. Keys:
+
+=================  ====================================================================
+``image``          float32 (3, H, W) in [0, 1] (then ``transform``); not in "text" view
+``instance``       int, the image index in the split = its class for the instance loss
+``caption_id``     int, global caption index j (``caption_to_image[j] == instance``)
+``caption_index``  int, which of the image's captions (0..4 for scenes)
+``caption``        str, the caption text
+``tokens``         int64 (T,) token ids (``<pad>``=0, ``<unk>``=1), unpadded
+``labels``         float32 (C,) multi-hot incl. ancestors (scenes); soft (mlimages)
+``boxes``          float32 (K, 4) object boxes x0, y0, x1, y1 in pixels (scenes)
+``objects``        int64 (K, 3) shape, colour, size index of each object (scenes)
+``object_groups``  int64 (K,) objects with equal group are identical (scenes)
+``word_objects``   int64 (T,) per token the object it describes, −1 if none (scenes)
+``path``           str, image file (file readers)
+=================  ====================================================================
+
+A word that describes several identical objects ("two red circles") points at the first
+of them; any object of the same ``object_groups`` id is an equally right region (the
+alignment metrics take ``groups``). ``mlimages`` items have ``image``, ``labels``,
+``instance``, ``path``.
+"""
+
+from .collate import collate
+from .errors import DataError
+from .image_captions import ImageCaptionDataset, caption_folder, karpathy
+from .multilabel import ClassDictionary, MultiLabelImages, mlimages, read_class_dictionary
+from .scene_dataset import ScenesDataset, ensure_split, scene_vocab, scenes
+from .vocab import PAD_ID, UNK_ID, Vocab, tokenize
+
+__all__ = [
+    "collate", "DataError", "ImageCaptionDataset", "caption_folder", "karpathy",
+    "ClassDictionary", "MultiLabelImages", "mlimages", "read_class_dictionary",
+    "ScenesDataset", "ensure_split", "scene_vocab", "scenes", "PAD_ID", "UNK_ID", "Vocab",
+    "tokenize",
+]

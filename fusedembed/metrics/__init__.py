@@ -1,0 +1,29 @@
+"""Evaluation metrics of the four systems. Every metric returns a plain ``dict`` of floats;
+ratios (recall, precision, F1, mAP, accuracy) are in percent, ranks in positions.
+
+Ties between equal scores are broken pessimistically by default (``ties="pessimistic"``: a
+non-matching item with the same score ranks first), so constant embeddings score at chance
+level or below, never perfect; ``ties="optimistic"`` gives the other bound.
+
+* retrieval: ``retrieval_metrics(img, txt, txt_to_img, ks=(1, 5, 10), ties, median, block)``,
+  ``coco_retrieval(img, txt, txt_to_img, folds=5, ...)``, ``retrieval_ranks``,
+  ``target_ranks``, ``recall_summary(ranks, ks, median, prefix)``
+* multi-label: ``multilabel_topk(scores, targets, ks=(5, 10), threshold=0.5, ties)``,
+  ``multilabel_map(scores, targets, threshold=0.5, ties)``
+* instance retrieval: ``holidays_map(emb, groups, queries=None, ap="trapezoid")``,
+  ``instance_map(query, gallery, query_labels, gallery_labels, exclude=None, ...)``,
+  ``ukbench_score(emb, groups=None)``, ``copy_recall(query, gallery, query_to_gallery, ks)``
+* alignment: ``alignment_metrics(assignment, truth, lengths=None, groups=None)``
+"""
+
+from .alignment import alignment_metrics
+from .instance import copy_recall, holidays_map, instance_map, trapezoid_ap, ukbench_score
+from .multilabel import average_precision, multilabel_map, multilabel_topk
+from .retrieval import (coco_retrieval, recall_summary, retrieval_metrics, retrieval_ranks,
+                        target_ranks)
+
+__all__ = [
+    "alignment_metrics", "copy_recall", "holidays_map", "instance_map", "trapezoid_ap",
+    "ukbench_score", "average_precision", "multilabel_map", "multilabel_topk",
+    "coco_retrieval", "recall_summary", "retrieval_metrics", "retrieval_ranks", "target_ranks",
+]

@@ -1,0 +1,131 @@
+"""Image ↔ text retrieval from embeddings, several captions per image.
+
+Scores are dot products (L2-normalise the embeddings first for cosine similarity), computed
+in row blocks of at most ``block`` entries, on the embeddings' device (GPU when they are
+there), so 5K images × 25K captions never hold the full matrix.
+
+Ranks are 1-based. i2t: an image's rank is that of its best-ranked caption; t2i: a caption's
+rank is that of its image. Ties (equal scores, compared exactly): ``"pessimistic"`` (default)
+ranks every non-matching item with the same score before the match — so a collapsed model
+whose scores are all equal gets the worst rank, not R@1 = 100 — ``"optimistic"`` after it.
+Other captions of the same image never count against an image's best caption.
+
+Values: recalls in percent, ranks in positions; ``rsum`` = sum of the six recalls.
+"""
+
+import torch
+
+from ._common import DEFAULT_BLOCK, check_ties, embeddings, pct, rows_per_block
+
+MEDIANS = ("floor", "recall")
+
+
+def _mapping(txt_to_img, num_txt, num_img, device):
+    g = torch.as_tensor(txt_to_img, device=device).long().reshape(-1)
+    if g.numel() != num_txt:
+        raise ValueError(f"txt_to_img has {g.numel()} entries for {num_txt} captions")
+    if num_txt and (g.min() < 0 or g.max() >= num_img):
+        raise ValueError(f"txt_to_img values must be in [0, {num_img})")
+    return g
+
+
+def target_ranks(queries, gallery, targets, ties: str = "pessimistic",
+                 block: int = DEFAULT_BLOCK) -> torch.Tensor:
+    """1-based rank of ``gallery[targets[q]]`` in the ranking of query q (t2i, copies)."""
+    check_ties(ties)
+    q = embeddings(queries, "queries")
+    g = embeddings(gallery, "gallery").to(q.device)
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"query dim {q.shape[1]} != gallery dim {g.shape[1]}")
+    t = _mapping(targets, len(q), len(g), q.device)
+    out = torch.empty(len(q), dtype=torch.long, device=q.device)
+    step = rows_per_block(len(g), block)
+    for a in range(0, len(q), step):
+        s = q[a:a + step] @ g.T
+        own = s.gather(1, t[a:a + step, None])
+        # Pessimistic: every other item scoring >= the target is ahead (the target itself is
+        # one of the >=); optimistic: only those strictly above.
+        out[a:a + step] = ((s >= own).count_nonzero(1) if ties == "pessimistic"
+                           else 1 + (s > own).count_nonzero(1))
+    return out.cpu()
+
+
+def retrieval_ranks(img, txt, txt_to_img, ties: str = "pessimistic",
+                    block: int = DEFAULT_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """(i2t ranks (N,), t2i ranks (M,)), 1-based, on CPU."""
+    check_ties(ties)
+    img, txt = embeddings(img, "img"), embeddings(txt, "txt").to(img.device)
+    if img.shape[1] != txt.shape[1]:
+        raise ValueError(f"img dim {img.shape[1]} != txt dim {txt.shape[1]}")
+    g = _mapping(txt_to_img, len(txt), len(img), img.device)
+    has = torch.bincount(g, minlength=len(img))
+    if (has == 0).any():
+        raise ValueError(f"image {int((has == 0).nonzero()[0])} has no caption")
+    i2t = torch.empty(len(img), dtype=torch.long, device=img.device)
+    step = rows_per_block(len(txt), block)
+    for a in range(0, len(img), step):
+        s = img[a:a + step] @ txt.T
+        # This block's positive (image, caption) entries; captions of other images are the
+        # negatives. One (rows, M) score matrix and one boolean comparison at a time.
+        cols = ((g >= a) & (g < a + len(s))).nonzero().reshape(-1)
+        rows = g[cols] - a
+        best = torch.full((len(s),), float("-inf"), dtype=s.dtype, device=s.device)
+        best.scatter_reduce_(0, rows, s[rows, cols], reduce="amax")
+        s[rows, cols] = float("-inf")                 # now only negatives can be ahead
+        ahead = s >= best[:, None] if ties == "pessimistic" else s > best[:, None]
+        i2t[a:a + step] = 1 + ahead.count_nonzero(1)
+    return i2t.cpu(), target_ranks(txt, img, g, ties, block)
+
+
+def recall_summary(ranks, ks=(1, 5, 10), median: str = "floor", prefix: str = "") -> dict:
+    """R@k (percent), median rank and mean rank of 1-based ranks.
+
+    median: ``"floor"`` — ⌊median⌋ (the VSE++ convention, floor(median of 0-based) + 1);
+    ``"recall"`` — the Dual-Path authors' first K with R@K > 50 % (the upper middle value
+    for an even count).
+    """
+    if median not in MEDIANS:
+        raise ValueError(f"median must be one of {MEDIANS}, got {median!r}")
+    r = torch.as_tensor(ranks).long().reshape(-1)
+    if r.numel() == 0:
+        raise ValueError("no ranks")
+    out = {f"{prefix}r{k}": pct((r <= k).double().mean()) for k in ks}
+    srt = r.sort().values.double()
+    n = len(srt)
+    if median == "floor":
+        med = torch.floor(srt[n // 2] if n % 2 else (srt[n // 2 - 1] + srt[n // 2]) / 2)
+    else:
+        med = srt[n // 2]
+    out[f"{prefix}medr"] = float(med)
+    out[f"{prefix}meanr"] = float(srt.mean())
+    return out
+
+
+def retrieval_metrics(img, txt, txt_to_img, ks=(1, 5, 10), ties: str = "pessimistic",
+                      median: str = "floor", block: int = DEFAULT_BLOCK) -> dict:
+    """i2t_r1, i2t_r5, i2t_r10, i2t_medr, i2t_meanr, the same for t2i, and rsum."""
+    i2t, t2i = retrieval_ranks(img, txt, txt_to_img, ties, block)
+    out = recall_summary(i2t, ks, median, "i2t_") | recall_summary(t2i, ks, median, "t2i_")
+    out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks)
+    return out
+
+
+def coco_retrieval(img, txt, txt_to_img, folds: int = 5, ks=(1, 5, 10),
+                   ties: str = "pessimistic", median: str = "floor",
+                   block: int = DEFAULT_BLOCK) -> dict:
+    """COCO protocol: ``1k_*`` = mean over ``folds`` consecutive folds of N/folds images
+    (1000 each for the 5K test set) with their captions; ``5k_*`` = the whole set."""
+    img, txt = embeddings(img, "img"), embeddings(txt, "txt")
+    g = _mapping(txt_to_img, len(txt), len(img), "cpu")
+    if folds < 1 or len(img) % folds:
+        raise ValueError(f"{len(img)} images do not split into {folds} equal folds")
+    size = len(img) // folds
+    per_fold = []
+    for f in range(folds):
+        sel = ((g >= f * size) & (g < (f + 1) * size)).nonzero().reshape(-1)
+        per_fold.append(retrieval_metrics(img[f * size:(f + 1) * size], txt[sel.to(txt.device)],
+                                          g[sel] - f * size, ks, ties, median, block))
+    out = {f"1k_{k}": sum(m[k] for m in per_fold) / folds for k in per_fold[0]}
+    out |= {f"5k_{k}": v for k, v in retrieval_metrics(img, txt, g, ks, ties, median,
+                                                       block).items()}
+    return out

@@ -1,0 +1,232 @@
+import json
+
+import pytest
+from PIL import Image
+
+from fusedembed.data import DataError, caption_folder, karpathy, mlimages, read_class_dictionary
+
+
+def png(path, value=128, size=(6, 5)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (value, 0, 255 - value)).save(path)
+
+
+def sentence(text):
+    return {"tokens": text.lower().split(), "raw": text + "."}
+
+
+def flickr_doc():
+    images = []
+    for k, split in enumerate(["train", "train", "val", "test", "test"]):
+        images.append({"filename": f"{k}.jpg", "split": split, "imgid": k,
+                       "sentences": [sentence(f"A dog number {k} runs"),
+                                     sentence(f"Dog {k} in the park")]})
+    return {"images": images, "dataset": "flickr30k"}
+
+
+@pytest.fixture
+def flickr(tmp_path):
+    for k in range(5):
+        png(tmp_path / "images" / f"{k}.jpg", 40 * k)
+    (tmp_path / "dataset_flickr30k.json").write_text(json.dumps(flickr_doc()))
+    return tmp_path
+
+
+def test_karpathy_flickr_layout(flickr):
+    ds = karpathy(flickr / "dataset_flickr30k.json", flickr / "images", split="test")
+    assert ds.num_images == 2 and len(ds) == 4
+    assert ds.caption_to_image.tolist() == [0, 0, 1, 1]
+    item = ds[2]
+    assert item["image"].shape == (3, 5, 6) and item["instance"] == 1
+    assert item["caption"] == "A dog number 4 runs." and item["path"].endswith("4.jpg")
+    # Vocabulary from the train images only: "4" is unknown.
+    assert ds.vocab.decode(item["tokens"]) == ["a", "dog", "number", "<unk>", "runs"]
+    assert karpathy(flickr / "dataset_flickr30k.json", flickr / "images",
+                    split="train+val").num_images == 3
+    img_view = karpathy(flickr / "dataset_flickr30k.json", flickr / "images", split="test",
+                        view="image")
+    assert len(img_view) == 2 and img_view[1]["instance"] == 1
+
+
+def test_karpathy_coco_layout_restval_and_caption_count(tmp_path):
+    images = [
+        {"filepath": "train2014", "filename": "a.jpg", "split": "train",
+         "sentences": [sentence(f"cat {i}") for i in range(5)]},
+        {"filepath": "val2014", "filename": "b.jpg", "split": "restval",
+         "sentences": [sentence(f"cow {i}") for i in range(7)]},
+        {"filepath": "val2014", "filename": "c.jpg", "split": "test",
+         "sentences": [sentence("bird")] * 6},
+    ]
+    for sub, name in (("train2014", "a.jpg"), ("val2014", "b.jpg"), ("val2014", "c.jpg")):
+        png(tmp_path / sub / name)
+    (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": images}))
+    ds = karpathy(tmp_path / "dataset_coco.json", tmp_path, split=("train", "restval"),
+                  captions_per_image=5)
+    assert ds.num_images == 2 and ds.num_captions == 10
+    assert ds.paths[1].endswith("val2014/b.jpg")
+    assert "cow" in ds.vocab and "bird" not in ds.vocab
+    assert karpathy(tmp_path / "dataset_coco.json", tmp_path).num_captions == 5
+    with pytest.raises(DataError, match=r"images\[0\]: 5 captions, 6 required"):
+        karpathy(tmp_path / "dataset_coco.json", tmp_path, captions_per_image=6)
+
+
+def test_karpathy_errors_name_file_and_place(flickr):
+    path = flickr / "dataset_flickr30k.json"
+    with pytest.raises(DataError, match="nope.json: file not found"):
+        karpathy(flickr / "nope.json", flickr)
+    (flickr / "broken.json").write_text('{"images": [\n  {"filename": "0.jpg",,}\n]}')
+    with pytest.raises(DataError, match=r"broken.json:line 2 column \d+: invalid JSON"):
+        karpathy(flickr / "broken.json", flickr)
+    doc = flickr_doc()
+    del doc["images"][3]["split"]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"dataset_flickr30k.json:images\[3\]: needs"):
+        karpathy(path, flickr / "images")
+    doc = flickr_doc()
+    doc["images"][4]["sentences"][1] = {"raw": 5}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"images\[4\].sentences\[1\]: needs 'tokens'"):
+        karpathy(path, flickr / "images")
+
+
+def test_karpathy_missing_and_unreadable_images(flickr):
+    path = flickr / "dataset_flickr30k.json"
+    (flickr / "images" / "3.jpg").unlink()
+    (flickr / "images" / "4.jpg").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"flickr30k.json:images\[3\]: image file not found: "
+                                        r".*3.jpg"):
+        karpathy(path, flickr / "images", split="test")
+    with pytest.warns(RuntimeWarning, match="skipped 1 missing_image"):
+        ds = karpathy(path, flickr / "images", split="test", skip_bad=True)
+    assert ds.num_images == 1 and ds.skipped == {"missing_image": 1}
+    # Not verified up front: the unreadable file fails on access, naming both files.
+    with pytest.raises(DataError, match=r"flickr30k.json:images\[4\]: cannot read image "
+                                        r".*4.jpg"):
+        ds[0]
+    with pytest.raises(DataError, match="no usable images in split 'test'; skipped 1 "
+                                        "missing_image, 1 unreadable_image"):
+        karpathy(path, flickr / "images", split="test", skip_bad=True, verify_images=True)
+    with pytest.warns(RuntimeWarning, match="1 missing_image, 1 unreadable_image"):
+        ds = karpathy(path, flickr / "images", split="train+test", skip_bad=True,
+                      verify_images=True)
+    assert ds.num_images == 2 and ds.skipped == {"missing_image": 1, "unreadable_image": 1}
+    assert len(ds.skip_messages) == 2 and "images[4]" in ds.skip_messages[1]
+
+
+def write_jsonl(path, records):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n"
+                            for r in records))
+
+
+def test_caption_folder(tmp_path):
+    for name in ("a.png", "sub/b.png", "c.png"):
+        png(tmp_path / name)
+    write_jsonl(tmp_path / "captions.jsonl", [
+        {"image": "a.png", "caption": "A red ball.", "split": "train"},
+        {"image": "sub/b.png", "captions": ["Blue sky", "The sky is blue"], "split": "train"},
+        {"image": "a.png", "caption": "Ball on grass", "split": "train"},
+        {"image": "c.png", "caption": "A green ball", "split": "val"},
+    ])
+    train = caption_folder(tmp_path, split="train")
+    assert train.num_images == 2 and train.captions_of(0) == range(0, 2)
+    assert train.texts == ["A red ball.", "Ball on grass", "Blue sky", "The sky is blue"]
+    val = caption_folder(tmp_path, split="val", vocab=train.vocab)
+    assert val.vocab.decode(val[0]["tokens"]) == ["a", "<unk>", "ball"]
+    assert caption_folder(tmp_path).num_images == 3
+    assert train[0]["image"].shape == (3, 5, 6)
+
+
+def test_caption_folder_errors_and_skips(tmp_path):
+    png(tmp_path / "a.png")
+    write_jsonl(tmp_path / "captions.jsonl", [
+        {"image": "a.png", "caption": "fine"},
+        "{not json",
+        {"image": "a.png"},
+        {"image": "gone.png", "caption": "missing"},
+        {"image": "a.png", "captions": []},
+    ])
+    with pytest.raises(DataError, match=r"captions.jsonl:line 2: invalid JSON"):
+        caption_folder(tmp_path)
+    with pytest.warns(RuntimeWarning, match="skipped 3 malformed_line, 1 missing_image"):
+        ds = caption_folder(tmp_path, skip_bad=True)
+    assert ds.num_images == 1 and ds.skipped == {"malformed_line": 3, "missing_image": 1}
+    assert "line 4: image file not found" in ds.skip_messages[3]
+    with pytest.raises(DataError, match=r"captions.jsonl:line 1: no 'split' field"):
+        caption_folder(tmp_path, split="train")
+    with pytest.raises(DataError, match="file not found"):
+        caption_folder(tmp_path / "nowhere")
+
+
+DICTIONARY = "n0\t-1\tthing\nn1\t0\tanimal\nn2\t1\tdog\nn3\t-1\tplace\n"
+
+
+def test_class_dictionary_formats(tmp_path):
+    (tmp_path / "d3.txt").write_text(DICTIONARY)
+    (tmp_path / "d4.txt").write_text("category_index\tcategory_id\tparent_index\tname\n"
+                                     + "".join(f"{i}\t{line}\n" for i, line in
+                                               enumerate(DICTIONARY.splitlines())))
+    for name in ("d3.txt", "d4.txt"):
+        d = read_class_dictionary(tmp_path / name)
+        assert d.names == ["thing", "animal", "dog", "place"] and d.parents == [-1, 0, 1, -1]
+        assert d.ancestors(2) == [1, 0]
+    (tmp_path / "cycle.txt").write_text("a\t1\tx\nb\t0\ty\n")
+    with pytest.raises(DataError, match="cycle.txt:line 1: class 0 is on a parent cycle"):
+        read_class_dictionary(tmp_path / "cycle.txt")
+    (tmp_path / "range.txt").write_text("a\t-1\tx\nb\t7\ty\n")
+    with pytest.raises(DataError, match="range.txt:line 2: parent 7"):
+        read_class_dictionary(tmp_path / "range.txt")
+    (tmp_path / "cols.txt").write_text("a\t-1\tx\nb y\n")
+    with pytest.raises(DataError, match="cols.txt:line 2: 1 tab-separated columns"):
+        read_class_dictionary(tmp_path / "cols.txt")
+
+
+def test_mlimages(tmp_path):
+    (tmp_path / "dict.txt").write_text(DICTIONARY)
+    png(tmp_path / "im" / "im_0.jpg")
+    png(tmp_path / "im" / "im_1.jpg")
+    (tmp_path / "list.txt").write_text(
+        "im_0.jpg\thttps://example.org/x.jpg\t2:0.9\t3:1\n"
+        "\n"
+        "im_1.jpg 1:0.8   0\n")
+    ds = mlimages(tmp_path / "list.txt", tmp_path / "im", dictionary=tmp_path / "dict.txt")
+    assert len(ds) == 2 and ds.num_classes == 4
+    assert ds[0]["labels"].tolist() == pytest.approx([0, 0, 0.9, 1])
+    assert ds[1]["labels"].tolist() == pytest.approx([1, 0.8, 0, 0])
+    assert ds[0]["image"].shape == (3, 5, 6) and ds[1]["instance"] == 1
+    up = mlimages(tmp_path / "list.txt", tmp_path / "im", dictionary=tmp_path / "dict.txt",
+                  add_ancestors=True)
+    assert up[0]["labels"].tolist() == pytest.approx([0.9, 0.9, 0.9, 1])
+    assert len(mlimages(tmp_path / "list.txt", tmp_path / "im", num_classes=5)[0]["labels"]) == 5
+
+
+def test_mlimages_errors_and_skips(tmp_path):
+    png(tmp_path / "ok.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"\x89PNG broken")
+    (tmp_path / "list.txt").write_text(
+        "ok.jpg 0:1\n"
+        "ok.jpg 1:high\n"
+        "ok.jpg 9\n"
+        "ok.jpg 1:1.5\n"
+        "ok.jpg 1 1:0.8\n"
+        "missing.jpg 0\n"
+        "bad.jpg 0\n")
+    args = dict(list_file=tmp_path / "list.txt", image_root=tmp_path, num_classes=4)
+    with pytest.raises(DataError, match=r"list.txt:line 2: bad label field '1:high'"):
+        mlimages(**args)
+    with pytest.warns(RuntimeWarning, match="skipped 4 malformed_line, 1 missing_image, "
+                                            "1 unreadable_image"):
+        ds = mlimages(**args, skip_bad=True, verify_images=True)
+    assert len(ds) == 1
+    assert [m.split(": ", 1)[0].rsplit(":", 1)[1] for m in ds.skip_messages] == \
+        ["line 2", "line 3", "line 4", "line 5", "line 6", "line 7"]
+    assert "class 9 out of range" in ds.skip_messages[1]
+    assert "listed twice" in ds.skip_messages[3]
+    with pytest.raises(ValueError, match="dictionary= or num_classes="):
+        mlimages(tmp_path / "list.txt", tmp_path)
+    with pytest.raises(DataError, match="nothing.txt: file not found"):
+        mlimages(tmp_path / "nothing.txt", tmp_path, num_classes=2)
+    with pytest.warns(RuntimeWarning, match="4 malformed_line, 1 missing_image"):
+        ds = mlimages(**args, skip_bad=True)      # unverified: fails when read
+    assert len(ds) == 2
+    with pytest.raises(DataError, match=r"list.txt:line 7: cannot read image .*bad.jpg"):
+        ds[1]
