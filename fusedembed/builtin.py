@@ -172,3 +172,54 @@ def fusedembed_register_models(register):
 def fusedembed_register_losses(register):
     register("cross_entropy", CrossEntropy)
     register("bce", BinaryCrossEntropy)
+    register("sampled_weighted_sigmoid", _sampled_weighted_sigmoid)
+
+
+@hookimpl
+def fusedembed_register_datasets(register):
+    from . import data
+
+    register("scenes", data.scenes)
+    register("karpathy", data.karpathy)
+    register("caption_folder", data.caption_folder)
+    register("mlimages", _mlimages)
+
+
+def _mlimages(split: str, list_file: str, image_root: str, **kwargs):
+    """Tencent ML-Images list file; ``list_file`` may hold ``{split}`` (``train_urls_{split}.txt``)."""
+    from .data import mlimages
+
+    return mlimages(list_file.format(split=split), image_root, **kwargs)
+
+
+def _sampled_weighted_sigmoid(num_classes: int, **kwargs):
+    """Weighted sigmoid cross-entropy with per-class state and sampling (fused kernel)."""
+    from .nn import SampledWeightedSigmoidLoss
+
+    return SampledWeightedSigmoidLoss(num_classes, **kwargs)
+
+
+@hookimpl
+def fusedembed_register_evaluators(register):
+    register("multilabel", MultiLabelEvaluator)
+
+
+class MultiLabelEvaluator:
+    """P@k / R@k / F1@k and mAP of ``logits`` against the batch's ``labels``."""
+
+    def __init__(self, ks=(5, 10), output: str = "logits", threshold: float = 0.5):
+        self.ks, self.output, self.threshold = tuple(ks), output, threshold
+
+    @torch.no_grad()
+    def __call__(self, model, loader, *, device) -> dict:
+        from .metrics import multilabel_map, multilabel_topk
+
+        model.eval()
+        scores, targets = [], []
+        for batch in loader:
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            scores.append(model(batch)[self.output].float().cpu())
+            targets.append(batch["labels"].float().cpu())
+        scores, targets = torch.cat(scores), torch.cat(targets)
+        return {**multilabel_topk(scores, targets, ks=self.ks, threshold=self.threshold),
+                **multilabel_map(scores, targets, threshold=self.threshold)}
