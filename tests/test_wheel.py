@@ -2,9 +2,9 @@
 
 import glob
 import os
+import site as sitelib
 import subprocess
 import sys
-import sysconfig
 import venv
 
 import pytest
@@ -28,7 +28,7 @@ def test_wheel_installs_and_runs(tmp_path):
     # Share this environment's torch (and other dependencies) without its editable fusedembed:
     # a bare path in a .pth is added to sys.path, but .pth files inside it are not run.
     with open(os.path.join(site, "shared_deps.pth"), "w") as f:
-        f.write(sysconfig.get_paths()["purelib"] + "\n")
+        f.write("".join(path + "\n" for path in sitelib.getsitepackages()))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", site, wheels[0]], check=True)
 
     code = ("import fusedembed, torch; "

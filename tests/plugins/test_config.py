@@ -154,7 +154,7 @@ def test_missing_and_unknown_components(write, regs):
     msg = str(err.value)
     assert "missing key model" in msg
     assert "losses[0]: unknown loss 'crossentropy' (did you mean 'cross_entropy'?)" in msg
-    assert "data.train: unknown dataset 'nope'. No datasets are registered." in msg
+    assert "data.train: unknown dataset 'nope'. Registered datasets: caption_folder, karpathy, mlimages, scenes" in msg
 
 
 @pytest.mark.parametrize("text, message", [
