@@ -6,7 +6,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMPS := .make
 CSRC   := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' | grep -v generated)
-PLUGINS := $(wildcard plugins/*/pyproject.toml)
+# Seed-system plugins are installed with the core; plugins/example is the plugin author's guide
+# and its test installs it into a throwaway environment.
+PLUGINS := $(filter-out plugins/example/%,$(wildcard plugins/*/pyproject.toml))
 # GPU machines get the full benchmark shapes, others a quick pass.
 BENCH_ARGS ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,--quick)
 

@@ -46,7 +46,9 @@ def test_install_discover_use_uninstall(tmp_path):
                    env=env).stdout.strip()
     # The throwaway env installs into its own site-packages but imports this checkout's
     # fusedembed and the running interpreter's packages (torch, pip, setuptools).
-    Path(purelib, "_fusedembed_dev.pth").write_text("\n".join([str(ROOT)] + site.getsitepackages()))
+    # addsitedir also runs the .pth files there, so editable installs (seed plugins) import too.
+    Path(purelib, "_fusedembed_dev.pth").write_text(
+        "\n".join([str(ROOT)] + [f"import site; site.addsitedir({d!r})" for d in site.getsitepackages()]))
     source = tmp_path / "example"
     shutil.copytree(ROOT / "plugins" / "example", source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
 
