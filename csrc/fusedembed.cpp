@@ -44,4 +44,11 @@ TORCH_LIBRARY(fusedembed, m) {
   // (reduced to p's shape by the caller), an empty tensor otherwise.
   m.def("gem_pool_backward(Tensor grad_y, Tensor x, Tensor p, Tensor y, float eps, bool x_grad, "
         "bool p_grad) -> (Tensor, Tensor)");
+  // Potts chain-MRF Viterbi over (B, N, M) unaries (word-to-region alignment): returns the int64
+  // (B, N) assignment (-1 past each length) and the float32 (B,) best energy. beta: 1 or B values.
+  m.def("mrf_viterbi(Tensor unary, Tensor beta, Tensor? lengths=None, Tensor? num_regions=None) "
+        "-> (Tensor, Tensor)");
+  // Linear-chain CRF Viterbi, transitions (M, M) or (B, M, M) [from, to]: returns (path, score).
+  m.def("crf_viterbi(Tensor emissions, Tensor transitions, Tensor? lengths=None, Tensor? start=None, "
+        "Tensor? end=None) -> (Tensor, Tensor)");
 }

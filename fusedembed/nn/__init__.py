@@ -1,5 +1,6 @@
 """nn.Module layers over fusedembed.ops."""
 
+from .alignment import Alignment, ViterbiAligner
 from .gem import GeM
 
-__all__ = ["GeM"]
+__all__ = ["GeM", "ViterbiAligner", "Alignment"]
