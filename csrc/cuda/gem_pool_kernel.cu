@@ -138,14 +138,19 @@ __global__ void __launch_bounds__(kThreads) forward_rows_kernel(
   if (active && lane == 0) y[row] = static_cast<scalar_t>(acc.result(N, pc));
 }
 
-template <typename scalar_t, int G, int VEC>
+// STAGE (short rows): dx goes to shared memory first and the block's rows, one contiguous span,
+// are written out flat; direct stores from G-lane groups would hit half-filled sectors.
+template <typename scalar_t, int G, int VEC, bool STAGE>
 __global__ void __launch_bounds__(kThreads) backward_rows_kernel(
     const scalar_t* __restrict__ x, const at::opmath_type<scalar_t>* __restrict__ p, bool per_channel,
     int64_t rows, int64_t C, int64_t N, at::opmath_type<scalar_t> eps, const scalar_t* __restrict__ gy,
     const scalar_t* __restrict__ y, scalar_t* __restrict__ dx, at::opmath_type<scalar_t>* __restrict__ row_dp) {
   using acc_t = at::opmath_type<scalar_t>;
+  extern __shared__ unsigned char stage_mem[];
+  scalar_t* stage = reinterpret_cast<scalar_t*>(stage_mem);
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t row = tid / G;
+  const int64_t first_row = static_cast<int64_t>(blockIdx.x) * (kThreads / G);
   const int lane = threadIdx.x % G;
   const bool active = row < rows;
   acc_t dp_acc = 0;
@@ -166,8 +171,16 @@ __global__ void __launch_bounds__(kThreads) backward_rows_kernel(
         out.v[k] = static_cast<scalar_t>(v < eps ? acc_t(0) : scale * qpm1);
         dp_acc += qpm1 * (xc * inv_y) * t;                      // q^p log2 q
       }
-      if (dx) reinterpret_cast<Pack<scalar_t, VEC>*>(dx + row * N)[i] = out;
+      if (!dx) return;
+      scalar_t* dst_row = STAGE ? stage + (row - first_row) * N : dx + row * N;
+      reinterpret_cast<Pack<scalar_t, VEC>*>(dst_row)[i] = out;
     });
+  }
+  if (STAGE && dx) {
+    __syncthreads();
+    const int64_t last_row = first_row + kThreads / G < rows ? first_row + kThreads / G : rows;
+    const int64_t span = (last_row - first_row) * N;
+    for (int64_t e = threadIdx.x; e < span; e += kThreads) dx[first_row * N + e] = stage[e];
   }
   if (row_dp) {
     dp_acc = group_sum<G>(dp_acc);
@@ -375,9 +388,17 @@ std::tuple<at::Tensor, at::Tensor> gem_pool_backward_cuda(const at::Tensor& grad
         if (prob.layout == GemLayout::kRows) {
           with_group(group_size(prob.N, V), [&](auto G) {
             const int64_t blocks = (rows * G + kThreads - 1) / kThreads;
-            backward_rows_kernel<scalar_t, G, V><<<blocks, kThreads, 0, stream>>>(
-                xp, pp, prob.p_per_channel, rows, prob.C, prob.N, static_cast<acc_t>(eps),
-                gy.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(), dxp, dpp);
+            const int64_t stage_bytes = (kThreads / G) * prob.N * static_cast<int64_t>(sizeof(scalar_t));
+            auto launch = [&](auto kernel, int64_t smem) {
+              kernel<<<blocks, kThreads, smem, stream>>>(xp, pp, prob.p_per_channel, rows, prob.C, prob.N,
+                                                         static_cast<acc_t>(eps), gy.const_data_ptr<scalar_t>(),
+                                                         yc.const_data_ptr<scalar_t>(), dxp, dpp);
+            };
+            // Rows that are not whole 16-byte vectors and fit the default 48 KB are staged.
+            if (V == 1 && dxp && stage_bytes <= 48 * 1024)
+              launch(backward_rows_kernel<scalar_t, G, V, true>, stage_bytes);
+            else
+              launch(backward_rows_kernel<scalar_t, G, V, false>, 0);
           });
         } else {
           const int64_t blocks = prob.B * ((prob.C / V + kLanes - 1) / kLanes);

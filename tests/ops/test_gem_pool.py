@@ -175,7 +175,8 @@ def test_cuda_invalid_p_gives_nan_rows():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", [(256, 64, 7, 7), (8, 2048, 7, 7), (4, 96, 32, 32), (3, 40, 9)], ids=str)
+# 7x7 and (3, 40, 9) take the staged dx path, 45x45 rows are too long to stage, 32x32 is vectorized.
+@pytest.mark.parametrize("shape", [(256, 64, 7, 7), (8, 2048, 7, 7), (4, 96, 32, 32), (3, 40, 9), (2, 5, 45, 45)], ids=str)
 def test_cuda_equals_cpu(dtype, shape):
     torch.manual_seed(3)
     x = (torch.rand(shape) * 5).to(dtype)
