@@ -229,9 +229,12 @@ class Trainer:
             vals = D.mean(torch.stack([v for _, v in history]), self.world).cpu()
             finite = torch.isfinite(vals)
             if not bool(finite.all()):
-                row, col = [int(i) for i in (~finite).nonzero()[0]]
-                bad = col if col == 0 or bool(finite[row, 1:].all()) else 1 + int((~finite[row, 1:]).nonzero()[0])
-                raise NonFiniteLossError(history[row][0], labels[bad].removeprefix("loss/"), float(vals[row, bad]))
+                row = int((~finite).any(1).nonzero()[0])
+                cols = (~finite[row]).nonzero().flatten().tolist()
+                # Name a registered loss; the weighted total only when each loss was finite.
+                bad = ([c for c in cols if c > 0] or cols)[0]
+                culprit = labels[bad].removeprefix("loss/") if bad else "total (weighted sum)"
+                raise NonFiniteLossError(history[row][0], culprit, float(vals[row, bad]))
             elapsed = time.perf_counter() - timer["t"]
             mean = vals.mean(0).tolist()
             entry = {"step": history[-1][0], "stage": name,

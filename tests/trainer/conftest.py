@@ -36,7 +36,13 @@ def make_recipe(data_root):
     return make
 
 
-def dump_recipe(recipe, path):
+@pytest.fixture
+def dump_recipe():
+    """Writes a Recipe as YAML (for the CLI and torchrun)."""
     from fusedembed.config import to_dict
-    path.write_text(yaml.safe_dump(to_dict(recipe)))
-    return path
+
+    def dump(recipe, path):
+        path.write_text(yaml.safe_dump(to_dict(recipe)))
+        return path
+
+    return dump
