@@ -27,7 +27,7 @@ class OptimizerConfig:
     nesterov: bool = False
     weight_decay: float = 0.0
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    # Parameter-name glob -> LR multiplier; 0 freezes (``{"image.backbone.*": 0}``).
+    # Parameter-name glob -> LR multiplier, first match wins; 0 freezes (``{"image.backbone.*": 0}``).
     lr_mult: Dict[str, float] = field(default_factory=dict)
     # Parameter-name globs kept out of weight decay; norm layers and biases when decay_norm_bias is off.
     no_weight_decay: List[str] = field(default_factory=list)

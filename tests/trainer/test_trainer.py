@@ -277,3 +277,13 @@ def test_ddp_two_gloo_processes_match_one_process(make_recipe, dump_recipe, tmp_
     assert diff == 0.0                                     # ranks identical after training
     ddp_loss = [r["loss"] for r in rows(tmp_path / "ddp")]
     assert ddp_loss == pytest.approx([r["loss"] for r in rows(tmp_path / "single")], abs=1e-5)
+
+
+def test_demo_recipe_is_valid_against_the_registries():
+    from fusedembed import demo
+    from fusedembed.config import to_dict
+    from fusedembed.registry import current_registries
+
+    r = demo.recipe(epochs=2, train_images=640, device="cpu")
+    assert validate(to_dict(r), registries=current_registries()) == r
+    assert (r.trainer.epochs, r.data.train["num_images"], r.trainer.log_every) == (2, 640, 10)
