@@ -69,6 +69,61 @@ def cmd_demo(args, out) -> int:
     return OK
 
 
+def _default_run_dir(name: str) -> str:
+    import time
+    from pathlib import Path
+
+    stem = Path(name).stem if name.endswith((".yaml", ".yml")) else name.replace("/", "-")
+    return str(Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def cmd_train(args, out) -> int:
+    from pathlib import Path
+
+    from .trainer import CheckpointError, NonFiniteLossError, train
+
+    recipe = load_config(args.config, args.overrides)
+    run_dir = args.run_dir or (str(Path(args.resume).parent) if args.resume else _default_run_dir(args.config))
+    try:
+        metrics = train(recipe, run_dir, resume=args.resume, out=lambda line: print(line, file=out, flush=True))
+    except (CheckpointError, NonFiniteLossError) as err:
+        print(f"fusedembed train: error: {err}", file=sys.stderr)
+        return FAILURE
+    except KeyboardInterrupt:
+        print(f"fusedembed train: interrupted; resume with --resume {Path(run_dir) / 'last.pt'}", file=sys.stderr)
+        return 130
+    out.write(f"run directory: {run_dir}\n")
+    for key, value in metrics.items():
+        out.write(f"{key}: {value:.4f}\n")
+    return OK
+
+
+def cmd_eval(args, out) -> int:
+    from .trainer import CheckpointError, evaluate
+
+    recipe = load_config(args.config, args.overrides)
+    try:
+        metrics = evaluate(recipe, args.checkpoint, split=args.split, device=args.device)
+    except CheckpointError as err:
+        print(f"fusedembed eval: error: {err}", file=sys.stderr)
+        return FAILURE
+    for key, value in metrics.items():
+        out.write(f"{key}: {value:.4f}\n")
+    return OK
+
+
+def cmd_export(args, out) -> int:
+    from .trainer import CheckpointError, export
+
+    try:
+        path = export(args.checkpoint, args.out)
+    except CheckpointError as err:
+        print(f"fusedembed export: error: {err}", file=sys.stderr)
+        return FAILURE
+    out.write(f"wrote {path} and {path.parent / 'config.yaml'}\n")
+    return OK
+
+
 def _kind(text: str) -> str:
     try:
         return kind_of(text).name
@@ -119,6 +174,33 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-images", type=int, default=8000)
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     demo.set_defaults(func=cmd_demo)
+
+    tr = sub.add_parser("train", help="train a recipe (alone or under torchrun)",
+                        description="Train CONFIG (a YAML file or <plugin>/<name>) with OVERRIDES. "
+                        "Writes config.yaml, metrics.jsonl, last.pt/best.pt and report.md to the run "
+                        "directory. Under `torchrun --nproc_per_node=N` it trains with DDP.")
+    tr.add_argument("config", metavar="CONFIG")
+    tr.add_argument("overrides", metavar="OVERRIDES", nargs="*", help="dotted key=value, e.g. trainer.lr=0.01")
+    tr.add_argument("--resume", metavar="PATH", help="checkpoint to continue from (e.g. RUN/last.pt)")
+    tr.add_argument("--run-dir", metavar="DIR", help="default: the resumed checkpoint's folder, else "
+                    "runs/<config>-<time>")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="run a recipe's evaluators on a checkpoint",
+                        description="Run the evaluators of CONFIG on SPLIT with the weights of a checkpoint.")
+    ev.add_argument("config", metavar="CONFIG")
+    ev.add_argument("overrides", metavar="OVERRIDES", nargs="*")
+    ev.add_argument("--checkpoint", required=True, metavar="PATH")
+    ev.add_argument("--split", default="test", choices=("train", "val", "test"))
+    ev.add_argument("--device", default=None)
+    ev.set_defaults(func=cmd_eval)
+
+    ex = sub.add_parser("export", help="write model.safetensors + config.yaml from a checkpoint",
+                        description="Write the model weights of CHECKPOINT as OUT/model.safetensors "
+                        "and its resolved recipe as OUT/config.yaml.")
+    ex.add_argument("checkpoint", metavar="CHECKPOINT")
+    ex.add_argument("--out", required=True, metavar="DIR")
+    ex.set_defaults(func=cmd_export)
     return p
 
 

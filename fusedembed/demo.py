@@ -1,22 +1,51 @@
 """`fusedembed demo`: the end-to-end path on the embedded "scenes" data, on whatever device is there.
 
-Builds everything through the registries (dataset, GeM-pooled backbone, model, the fused
-sampled weighted sigmoid loss, the multi-label evaluator), trains a small model and prints its
-P@k / R@k / F1@k / mAP next to two baselines that need no learning: random scores and the
-train-set label frequencies. Plugins with full recipes replace this loop by the trainer.
+Runs the built-in recipe below through the trainer (dataset, GeM-pooled backbone, model, the
+fused sampled weighted sigmoid loss, the multi-label evaluator) and prints the trained model's
+P@k / R@k / F1@k / mAP on the test split next to two baselines that need no learning: random
+scores and the train-set label frequencies.
 """
 
-import time
+import tempfile
 
 import torch
+import yaml
 
-from .data import collate
+from .config import apply_overrides, validate
 from .registry import build
 
+RECIPE = """
+description: fusedembed demo, multi-label tiny_cnn + GeM on the embedded scenes data
+model:
+  name: image_embedding
+  num_classes: 57           # scenes classes, ancestors included
+  embed_dim: 128
+  backbone: {name: tiny_cnn, width: 32, depth: 4, pool: gem}
+losses:
+  - {name: sampled_weighted_sigmoid, num_classes: 57, pos_weight: 2.0, neg_ratio: 5.0,
+     empty_keep: 0.1, seed: 0, inputs: {targets: labels}}
+data:
+  train: {name: scenes, num_images: 8000, view: image, seed: 0}
+  test: {name: scenes, num_images: 1000, view: image, seed: 0, train_images: 8000}
+evaluators: [{name: multilabel}]
+trainer:
+  epochs: 8
+  lr: 0.05
+  batch_size: 64
+  log_every: 125            # one line per epoch of 8000 images
+  optimizer: {name: sgd, momentum: 0.9, nesterov: true, weight_decay: 1.0e-4}
+  scheduler: {name: cosine, warmup_epochs: 1, warmup_factor: 0.04}
+"""
 
-def _loader(dataset, batch_size, shuffle, generator=None):
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
-                                       generator=generator)
+
+def recipe(epochs: int = 8, train_images: int = 8000, lr: float = 0.05, seed: int = 0, device: str = None):
+    overrides = [f"trainer.epochs={epochs}", f"trainer.lr={lr}", f"trainer.seed={seed}",
+                 f"data.train.num_images={train_images}", f"data.test.train_images={train_images}",
+                 f"data.train.seed={seed}", f"data.test.seed={seed}", f"losses.0.seed={seed}",
+                 f"trainer.log_every={max(train_images // 64, 1)}"]
+    if device:
+        overrides.append(f"trainer.device={device}")
+    return validate(apply_overrides(yaml.safe_load(RECIPE), overrides))
 
 
 def _baseline(name, scores, targets):
@@ -26,46 +55,27 @@ def _baseline(name, scores, targets):
 
 
 def run(epochs: int = 8, batch_size: int = 64, train_images: int = 8000, test_images: int = 1000,
-        lr: float = 0.05, seed: int = 0, device: str = None, out=print) -> dict:
-    torch.manual_seed(seed)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out(f"fusedembed demo: multi-label training on the embedded scenes data ({device})")
-    train = build("dataset", {"name": "scenes", "num_images": train_images, "view": "image", "seed": seed},
-                  split="train")
-    test = build("dataset", {"name": "scenes", "num_images": test_images, "view": "image", "seed": seed,
-                             "vocab": train.vocab, "train_images": train_images}, split="test")
-    num_classes = len(train[0]["labels"])
-    model = build("model", {"name": "image_embedding", "num_classes": num_classes, "embed_dim": 128,
-                            "backbone": {"name": "tiny_cnn", "width": 32, "depth": 4, "pool": "gem"}}).to(device)
-    loss_fn = build("loss", {"name": "sampled_weighted_sigmoid", "num_classes": num_classes, "pos_weight": 2.0,
-                             "neg_ratio": 5.0, "empty_keep": 0.1, "seed": seed}).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    steps = epochs * -(-len(train) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    gen = torch.Generator().manual_seed(seed)
-    start = time.time()
-    for epoch in range(epochs):
-        train.set_epoch(epoch)
-        model.train()
-        total, n = 0.0, 0
-        for batch in _loader(train, batch_size, True, gen):
-            images, labels = batch["image"].to(device), batch["labels"].to(device)
-            loss = loss_fn(model({"image": images})["logits"], labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total, n = total + loss.item(), n + 1
-        out(f"  epoch {epoch + 1}/{epochs}  loss {total / n:.4f}  ({time.time() - start:.0f} s)")
+        lr: float = 0.05, seed: int = 0, device: str = None, out=print, run_dir=None) -> dict:
+    from .trainer import evaluate, train
 
-    evaluator = build("evaluator", {"name": "multilabel"})
-    metrics = {"model": "tiny_cnn + GeM (trained)", **evaluator(model, _loader(test, 256, False), device=device)}
-    targets = torch.stack([test[i]["labels"] for i in range(len(test))])
-    prior = torch.stack([train[i]["labels"] for i in range(len(train))]).mean(0)
+    r = recipe(epochs, train_images, lr, seed, device)
+    r.trainer.batch_size, r.data.test["num_images"] = batch_size, test_images
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out(f"fusedembed demo: multi-label training on the embedded scenes data ({dev})")
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = run_dir or tmp
+        train(r, run_dir, out=lambda line: out("  " + line))
+        metrics = {"model": "tiny_cnn + GeM (trained)",
+                   **evaluate(r, f"{run_dir}/last.pt", split="test", device=dev)}
+    train_set = build("dataset", r.data.train, split="train")
+    test_set = build("dataset", r.data.test, split="test")
+    targets = torch.stack([test_set[i]["labels"] for i in range(len(test_set))])
+    prior = torch.stack([train_set[i]["labels"] for i in range(len(train_set))]).mean(0)
+    gen = torch.Generator().manual_seed(seed)
     rows = [_baseline("random scores", torch.rand(targets.shape, generator=gen), targets),
             _baseline("train label frequency", prior.expand_as(targets).clone(), targets), metrics]
     cols = {"p@5": "P@5", "r@5": "R@5", "f1@5": "F1@5", "f1@10": "F1@10", "map": "mAP"}
-    out(f"\ntest split, {len(test)} images, {num_classes} classes (percent)")
+    out(f"\ntest split, {len(test_set)} images, {targets.shape[1]} classes (percent)")
     out(f"{'model':<28}" + "".join(f"{c:>8}" for c in cols.values()))
     for row in rows:
         out(f"{row['model']:<28}" + "".join(f"{row[c]:8.1f}" for c in cols))

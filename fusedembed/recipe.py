@@ -27,7 +27,7 @@ class OptimizerConfig:
     nesterov: bool = False
     weight_decay: float = 0.0
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    # Parameter-name glob -> LR multiplier; 0 freezes (``{"image.backbone.*": 0}``).
+    # Parameter-name glob -> LR multiplier, first match wins; 0 freezes (``{"image.backbone.*": 0}``).
     lr_mult: Dict[str, float] = field(default_factory=dict)
     # Parameter-name globs kept out of weight decay; norm layers and biases when decay_norm_bias is off.
     no_weight_decay: List[str] = field(default_factory=list)
@@ -52,9 +52,9 @@ class TrainerConfig:
     epochs: int = 1
     lr: float = 0.1                     # base LR; optimizer.lr_mult scales it per parameter group
     max_steps: Optional[int] = None
-    batch_size: int = 32
+    batch_size: int = 32                # global: split evenly over the DDP processes
     eval_batch_size: Optional[int] = None
-    accumulate: int = 1
+    accumulate: int = 1                 # micro-batches per optimizer step
     grad_clip_norm: Optional[float] = None
     grad_clip_value: Optional[float] = None
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
@@ -69,6 +69,9 @@ class TrainerConfig:
     checkpoint_every: Optional[int] = None   # steps; epoch ends always checkpoint
     best_metric: Optional[str] = None
     best_mode: Literal["max", "min"] = "max"
+    bn_eval: bool = False               # batch-norm layers use their running statistics while training
+    loss_lr_mult: float = 1.0           # LR of the losses' own parameters (their separate optimizer)
+    loss_weight_decay: float = 0.0
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 

@@ -67,7 +67,8 @@ def test_usage_errors_exit_2(capsys):
     assert "required: COMMAND" in capsys.readouterr().err
     assert run("list", "widgets")[0] == 2
     assert "unknown kind 'widgets'; expected one of: backbones" in capsys.readouterr().err
-    assert run("train", "x.yaml")[0] == 2
+    assert run("train")[0] == 2                      # CONFIG missing
+    assert run("eval", "x.yaml")[0] == 2             # --checkpoint missing
     assert run("config")[0] == 2
     assert run("plugins", "--bogus")[0] == 2
 

@@ -1,0 +1,29 @@
+"""The trainer: ``train(recipe, run_dir)`` runs any recipe (stages, DDP under torchrun, AMP on
+CUDA, exact resume); ``evaluate`` and ``export`` work from its checkpoints.
+
+Recipe keys it reads (see :mod:`fusedembed.recipe` for types and defaults):
+
+- ``model``: built once per stage; ``forward(batch) -> dict`` of outputs.
+- ``losses: [{name, weight, inputs, **kwargs}]``: each loss's forward arguments are looked up
+  in the model outputs, then the batch, under ``inputs[arg]`` or the argument's own name.
+- ``data.train`` (required), ``data.val`` (evaluated during training), ``data.test`` (``eval``),
+  ``data.sampler`` (a batch sampler; default: a seeded per-epoch shuffle, drop_last).
+- ``evaluators``: run on ``data.val`` on rank 0 every ``eval_every`` epochs and at a stage's end.
+- ``trainer``: epochs, lr, max_steps, batch_size (global), eval_batch_size, accumulate,
+  grad_clip_norm, grad_clip_value, amp, channels_last, compile, device, workers, seed,
+  deterministic, log_every, eval_every, checkpoint_every, best_metric, best_mode, bn_eval,
+  loss_lr_mult, loss_weight_decay, optimizer.{name, momentum, nesterov, weight_decay, betas,
+  lr_mult, no_weight_decay, decay_norm_bias}, scheduler.{name, step_size, milestones, gamma,
+  min_lr, warmup_epochs, warmup, warmup_factor}.
+- ``stages: [{name, <section>: ...}]``: run in order, each from the previous stage's weights
+  with fresh optimizers.
+
+Run directory: ``config.yaml``, ``metrics.jsonl``, ``last.pt``, ``best.pt``, ``report.md``,
+``loss.png``, ``eval.png``.
+"""
+
+from .checkpoint import CheckpointError
+from .export import evaluate, export
+from .loop import NonFiniteLossError, Trainer, train
+
+__all__ = ["CheckpointError", "NonFiniteLossError", "Trainer", "evaluate", "export", "train"]

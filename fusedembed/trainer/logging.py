@@ -1,0 +1,61 @@
+"""metrics.jsonl, the progress display and plain log lines (rank 0 only)."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+
+class MetricsLog:
+    """Appends one JSON object per line; a resumed run appends to the same file."""
+
+    def __init__(self, run_dir, enabled: bool = True):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.enabled = enabled
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(clean) + "\n")
+
+    def read(self) -> list:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line]
+
+
+class Progress:
+    """tqdm bar at a terminal; otherwise the caller's ``out`` gets a line per log interval."""
+
+    def __init__(self, enabled: bool, out=None, stream=None):
+        stream = stream or sys.stderr
+        self.enabled, self.out = enabled, out or (lambda line: print(line, flush=True))
+        self.bar = None
+        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
+
+    def start(self, total: int, initial: int, desc: str) -> None:
+        if self.tty:
+            from tqdm import tqdm
+            self.close()
+            self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False)
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def log(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+        if self.bar is not None:
+            self.bar.set_postfix_str(text[:120], refresh=False)
+            self.bar.write(text)
+        else:
+            self.out(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
