@@ -1,5 +1,11 @@
 // gem_pool on the CPU: parallel over (b, c) rows (NCHW) or over (b, channel block) tiles
 // (channels_last), two passes over data that stays in cache: the row maximum, then the scaled sum.
+//
+// float32, float16 and bfloat16 run plain float loops with the branch-free log2/exp2 of
+// vec_math.h, which GCC vectorizes; float16/bfloat16 rows and tiles are first converted to float
+// in a per-thread buffer. On x86-64 the hot loops are also built for x86-64-v3 (AVX2 + FMA) and
+// picked at load time (GCC function multiversioning), so the generic x86-64 binary runs 8-wide
+// where the CPU can. float64 (gradcheck, opcheck) keeps a scalar loop with std::log/std::exp.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -7,9 +13,18 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <type_traits>
 #include <vector>
 
+#include "cpu/vec_math.h"
 #include "ops/gem_pool.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__)
+#define FUSEDEMBED_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FUSEDEMBED_HOT
+#endif
 
 namespace fusedembed {
 namespace {
@@ -142,15 +157,381 @@ void backward_channels_last(const GemProblem& prob, const at::opmath_type<scalar
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// float32, float16 and bfloat16: float loops with vec_math.h.
+
+namespace vm = vec_math;
+
+constexpr float kLn2 = 0.693147180559945309f;
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// The hot loops: plain functions of float pointers, so that they can be multiversioned. Each
+// takes `full`: false for the fast log2f_normal/exp2f_flush, which the callers pick only when
+// every q = max(x, eps) / m they will see is a positive normal float (m finite, eps / m >= 2^-126),
+// true for the full-range functions and a true division by m (m may be subnormal).
+
+template <bool kFull>
+FUSEDEMBED_VEC_INLINE float log2_q(float q) {
+  if constexpr (kFull) return vm::log2f_full(q);
+  else return vm::log2f_normal(q);
+}
+
+template <bool kFull>
+FUSEDEMBED_VEC_INLINE float exp2_t(float t) {
+  if constexpr (kFull) return vm::exp2f_full(t);
+  else return vm::exp2f_flush(t);  // results below 2^-126.5, negligible in every sum here, are 0
+}
+
+// q = max(v, eps) / m, as a product with 1/m on the fast path.
+template <bool kFull>
+FUSEDEMBED_VEC_INLINE float ratio(float v, float eps, float m, float inv_m) {
+  const float c = v < eps ? eps : v;
+  if constexpr (kFull) return c / m;
+  else return c * inv_m;
+}
+
+// Whether the fast path holds for every q = max(x, eps) / m with finite x <= m (forward) or
+// x / m <= N^(1/p) (backward).
+inline bool fast_ok(float m, float inv_m, float eps) {
+  return std::isfinite(m) && m > 0.0f && std::isfinite(inv_m) && eps * inv_m >= 0x1p-126f;
+}
+
+// max(eps, x[0..n)), NaN when any x is NaN.
+FUSEDEMBED_HOT float row_max(const float* __restrict x, int64_t n, float eps) {
+  float m = eps;
+  int nan = 0;
+#pragma omp simd reduction(max : m) reduction(| : nan)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    m = v > m ? v : m;
+    nan |= v != v;
+  }
+  return nan ? kNaN : m;
+}
+
+// sum_i q_i^p, q_i = max(x_i, eps) / m.
+template <bool kFull>
+FUSEDEMBED_VEC_INLINE float row_pow_sum_impl(const float* __restrict x, int64_t n, float eps, float m, float inv_m,
+                                             float p) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += exp2_t<kFull>(p * log2_q<kFull>(ratio<kFull>(x[i], eps, m, inv_m)));
+  return sum;
+}
+
+FUSEDEMBED_HOT float row_pow_sum(const float* __restrict x, int64_t n, float eps, float m, float inv_m, float p,
+                                 bool full) {
+  return full ? row_pow_sum_impl<true>(x, n, eps, m, inv_m, p) : row_pow_sum_impl<false>(x, n, eps, m, inv_m, p);
+}
+
+// With q_i = max(x_i, eps) / y: dx_i = scale q_i^(p-1) (0 where x_i < eps) when dx is given;
+// returns sum_i q_i^p log2 q_i (log2, not ln: the caller multiplies by ln 2). A NaN x_i gets a NaN
+// dx_i, like the rest of its row and like the CUDA kernel (the reference's clamp gives it 0).
+template <bool kFull>
+FUSEDEMBED_VEC_INLINE float row_backward_impl(const float* __restrict x, int64_t n, float eps, float y, float inv_y,
+                                              float p, float scale, float* __restrict dx) {
+  float acc = 0.0f;
+  if (dx) {
+    const float pm1 = p - 1.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = x[i];
+      const float q = ratio<kFull>(v, eps, y, inv_y);
+      const float lq = log2_q<kFull>(q);
+      const float qpm1 = exp2_t<kFull>(pm1 * lq);
+      dx[i] = vm::select(v < eps, 0.0f, scale * qpm1);
+      acc += qpm1 * q * lq;
+    }
+  } else {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < n; ++i) {
+      const float lq = log2_q<kFull>(ratio<kFull>(x[i], eps, y, inv_y));
+      acc += exp2_t<kFull>(p * lq) * lq;
+    }
+  }
+  return acc;
+}
+
+FUSEDEMBED_HOT float row_backward(const float* __restrict x, int64_t n, float eps, float y, float inv_y, float p,
+                                  float scale, float* __restrict dx, bool full) {
+  return full ? row_backward_impl<true>(x, n, eps, y, inv_y, p, scale, dx)
+              : row_backward_impl<false>(x, n, eps, y, inv_y, p, scale, dx);
+}
+
+// Channels-last tiles: ns spatial positions of nc (<= kChannelBlock) channels, x[s * ld + c],
+// one accumulator per channel.
+FUSEDEMBED_HOT void tile_max(const float* __restrict x, int64_t ld, int64_t ns, int64_t nc, float* __restrict m) {
+  for (int64_t s = 0; s < ns; ++s) {
+    const float* xs = x + s * ld;
+#pragma omp simd
+    for (int64_t c = 0; c < nc; ++c) {
+      const float v = xs[c];
+      m[c] = (v > m[c] || v != v) ? v : m[c];  // NaN sticks
+    }
+  }
+}
+
+template <bool kFull>
+FUSEDEMBED_VEC_INLINE void tile_pow_sum_impl(const float* __restrict x, int64_t ld, int64_t ns, int64_t nc, float eps,
+                                             const float* __restrict m, const float* __restrict inv_m,
+                                             const float* __restrict p, float* __restrict sum) {
+  for (int64_t s = 0; s < ns; ++s) {
+    const float* xs = x + s * ld;
+#pragma omp simd
+    for (int64_t c = 0; c < nc; ++c)
+      sum[c] += exp2_t<kFull>(p[c] * log2_q<kFull>(ratio<kFull>(xs[c], eps, m[c], inv_m[c])));
+  }
+}
+
+FUSEDEMBED_HOT void tile_pow_sum(const float* __restrict x, int64_t ld, int64_t ns, int64_t nc, float eps,
+                                 const float* __restrict m, const float* __restrict inv_m, const float* __restrict p,
+                                 float* __restrict sum, bool full) {
+  if (full) tile_pow_sum_impl<true>(x, ld, ns, nc, eps, m, inv_m, p, sum);
+  else tile_pow_sum_impl<false>(x, ld, ns, nc, eps, m, inv_m, p, sum);
+}
+
+// row_backward per channel, adding into acc[c]; dx (when given) has x's leading dimension.
+template <bool kFull>
+FUSEDEMBED_VEC_INLINE void tile_backward_impl(const float* __restrict x, float* __restrict dx, int64_t ld,
+                                              int64_t ns, int64_t nc, float eps, const float* __restrict y,
+                                              const float* __restrict inv_y,
+                                              const float* __restrict p, const float* __restrict scale,
+                                              float* __restrict acc) {
+  for (int64_t s = 0; s < ns; ++s) {
+    const float* xs = x + s * ld;
+    if (dx) {
+      float* dxs = dx + s * ld;
+#pragma omp simd
+      for (int64_t c = 0; c < nc; ++c) {
+        const float v = xs[c];
+        const float q = ratio<kFull>(v, eps, y[c], inv_y[c]);
+        const float lq = log2_q<kFull>(q);
+        const float qpm1 = exp2_t<kFull>((p[c] - 1.0f) * lq);
+        dxs[c] = vm::select(v < eps, 0.0f, scale[c] * qpm1);
+        acc[c] += qpm1 * q * lq;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < nc; ++c) {
+        const float lq = log2_q<kFull>(ratio<kFull>(xs[c], eps, y[c], inv_y[c]));
+        acc[c] += exp2_t<kFull>(p[c] * lq) * lq;
+      }
+    }
+  }
+}
+
+FUSEDEMBED_HOT void tile_backward(const float* __restrict x, float* __restrict dx, int64_t ld, int64_t ns,
+                                  int64_t nc, float eps, const float* __restrict y, const float* __restrict inv_y,
+                                  const float* __restrict p, const float* __restrict scale, float* __restrict acc,
+                                  bool full) {
+  if (full) tile_backward_impl<true>(x, dx, ld, ns, nc, eps, y, inv_y, p, scale, acc);
+  else tile_backward_impl<false>(x, dx, ld, ns, nc, eps, y, inv_y, p, scale, acc);
+}
+
+// float16/bfloat16 <-> float.
+FUSEDEMBED_HOT void load_block(const c10::BFloat16* __restrict src, int64_t ld, int64_t ns, int64_t nc,
+                               float* __restrict dst) {
+  for (int64_t s = 0; s < ns; ++s)
+#pragma omp simd
+    for (int64_t c = 0; c < nc; ++c)
+      dst[s * nc + c] = vm::as_float(static_cast<uint32_t>(src[s * ld + c].x) << 16);
+}
+
+FUSEDEMBED_HOT void store_block(const float* __restrict src, int64_t ns, int64_t nc, c10::BFloat16* __restrict dst,
+                                int64_t ld) {
+  for (int64_t s = 0; s < ns; ++s)
+#pragma omp simd
+    for (int64_t c = 0; c < nc; ++c) {
+      const float v = src[s * nc + c];
+      const uint32_t u = vm::as_uint(v);
+      const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // round to nearest even
+      dst[s * ld + c].x = static_cast<uint16_t>(v != v ? 0x7fc0u : rounded);
+    }
+}
+
+void load_block(const c10::Half* src, int64_t ld, int64_t ns, int64_t nc, float* dst) {
+  for (int64_t s = 0; s < ns; ++s)
+    for (int64_t c = 0; c < nc; ++c) dst[s * nc + c] = static_cast<float>(src[s * ld + c]);
+}
+
+void store_block(const float* src, int64_t ns, int64_t nc, c10::Half* dst, int64_t ld) {
+  for (int64_t s = 0; s < ns; ++s)
+    for (int64_t c = 0; c < nc; ++c) dst[s * ld + c] = static_cast<c10::Half>(src[s * nc + c]);
+}
+
+// The ns x nc block at x (leading dimension ld) as floats: float data where it is, float16 and
+// bfloat16 converted once into buf (leading dimension nc), so that both passes read floats.
+template <typename scalar_t>
+const float* as_float(const scalar_t* x, int64_t ld, int64_t ns, int64_t nc, std::vector<float>& buf) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return x;
+  } else {
+    buf.resize(ns * nc);
+    load_block(x, ld, ns, nc, buf.data());
+    return buf.data();
+  }
+}
+
+// Where the float loops write dx: in place for float, else into buf, which store_dx converts.
+template <typename scalar_t>
+float* dx_float(scalar_t* dx, int64_t n, std::vector<float>& buf) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return dx;
+  } else {
+    buf.resize(n);
+    return buf.data();
+  }
+}
+
+template <typename scalar_t>
+void store_dx(const float* src, int64_t ns, int64_t nc, scalar_t* dx, int64_t ld) {
+  if constexpr (!std::is_same_v<scalar_t, float>) store_block(src, ns, nc, dx, ld);
+}
+
+template <typename scalar_t>
+void forward_rows_f(const GemProblem& prob, const float* p, double eps_d, scalar_t* y) {
+  const scalar_t* x = prob.x.const_data_ptr<scalar_t>();
+  const int64_t N = prob.N, C = prob.C;
+  const float eps = static_cast<float>(eps_d);
+  const int64_t grain = std::max<int64_t>(1, 32768 / N);
+  at::parallel_for(0, prob.B * C, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf;
+    for (int64_t r = begin; r < end; ++r) {
+      const float* row = as_float(x + r * N, N, 1, N, buf);
+      const float pc = p[prob.p_per_channel ? r % C : 0];
+      const float m = row_max(row, N, eps);
+      if (!std::isfinite(m)) {  // a NaN or +inf in the row: NaN, as (x / m)^p would give
+        y[r] = static_cast<scalar_t>(kNaN);
+        continue;
+      }
+      const float inv_m = 1.0f / m;
+      const float sum = row_pow_sum(row, N, eps, m, inv_m, pc, !fast_ok(m, inv_m, eps));
+      y[r] = static_cast<scalar_t>(gem_from_sum(m, sum, N, pc));
+    }
+  });
+}
+
+template <typename scalar_t>
+void forward_channels_last_f(const GemProblem& prob, const float* p, double eps_d, scalar_t* y) {
+  const scalar_t* x = prob.x.const_data_ptr<scalar_t>();
+  const int64_t N = prob.N, C = prob.C;
+  const float eps = static_cast<float>(eps_d);
+  const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
+  at::parallel_for(0, prob.B * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf;
+    alignas(64) float m[kChannelBlock], sum[kChannelBlock], inv_m[kChannelBlock], pc[kChannelBlock];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / blocks, c0 = (t % blocks) * kChannelBlock;
+      const int64_t nc = std::min(kChannelBlock, C - c0);
+      const float* tile = as_float(x + b * N * C + c0, C, N, nc, buf);
+      const int64_t ld = std::is_same_v<scalar_t, float> ? C : nc;
+      bool full = false;
+      for (int64_t c = 0; c < nc; ++c) m[c] = eps;
+      tile_max(tile, ld, N, nc, m);
+      for (int64_t c = 0; c < nc; ++c) {
+        sum[c] = 0.0f;
+        pc[c] = p[prob.p_per_channel ? c0 + c : 0];
+        inv_m[c] = 1.0f / m[c];
+        full |= !fast_ok(m[c], inv_m[c], eps);
+      }
+      tile_pow_sum(tile, ld, N, nc, eps, m, inv_m, pc, sum, full);
+      for (int64_t c = 0; c < nc; ++c)
+        y[b * C + c0 + c] = static_cast<scalar_t>(std::isfinite(m[c]) ? gem_from_sum(m[c], sum[c], N, pc[c]) : kNaN);
+    }
+  });
+}
+
+// The backward pass takes its fast path where y is finite and eps / y a normal float: then, y
+// being the forward's output, x is finite and every q = max(x, eps) / y lies in [eps / y, N^(1/p)].
+template <typename scalar_t>
+void backward_rows_f(const GemProblem& prob, const float* p, double eps_d, const scalar_t* gy, const scalar_t* y,
+                     scalar_t* dx, float* row_dp) {
+  const scalar_t* x = prob.x.const_data_ptr<scalar_t>();
+  const int64_t N = prob.N, C = prob.C;
+  const float eps = static_cast<float>(eps_d);
+  const int64_t grain = std::max<int64_t>(1, 32768 / N);
+  at::parallel_for(0, prob.B * C, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf, dx_buf;
+    for (int64_t r = begin; r < end; ++r) {
+      const float pc = p[prob.p_per_channel ? r % C : 0];
+      const float yr = static_cast<float>(y[r]), g = static_cast<float>(gy[r]);
+      const float inv_y = 1.0f / yr, scale = g / static_cast<float>(N);
+      const float* row = as_float(x + r * N, N, 1, N, buf);
+      float* dx_row = dx ? dx_float(dx + r * N, N, dx_buf) : nullptr;
+      const float acc = row_backward(row, N, eps, yr, inv_y, pc, scale, dx_row, !fast_ok(yr, inv_y, eps));
+      if (dx) store_dx(dx_row, 1, N, dx + r * N, N);
+      if (row_dp) row_dp[r] = g * yr / (static_cast<float>(N) * pc) * (acc * kLn2);  // acc is in log2 units
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_channels_last_f(const GemProblem& prob, const float* p, double eps_d, const scalar_t* gy,
+                              const scalar_t* y, scalar_t* dx, float* row_dp) {
+  constexpr bool kFloat = std::is_same_v<scalar_t, float>;
+  const scalar_t* x = prob.x.const_data_ptr<scalar_t>();
+  const int64_t N = prob.N, C = prob.C;
+  const float eps = static_cast<float>(eps_d);
+  const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
+  at::parallel_for(0, prob.B * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf, dx_buf;
+    alignas(64) float yc[kChannelBlock], inv_y[kChannelBlock], scale[kChannelBlock], pc[kChannelBlock],
+        acc[kChannelBlock];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / blocks, c0 = (t % blocks) * kChannelBlock;
+      const int64_t nc = std::min(kChannelBlock, C - c0);
+      bool full = false;
+      for (int64_t c = 0; c < nc; ++c) {
+        yc[c] = static_cast<float>(y[b * C + c0 + c]);
+        inv_y[c] = 1.0f / yc[c];
+        scale[c] = static_cast<float>(gy[b * C + c0 + c]) / static_cast<float>(N);
+        pc[c] = p[prob.p_per_channel ? c0 + c : 0];
+        acc[c] = 0.0f;
+        full |= !fast_ok(yc[c], inv_y[c], eps);
+      }
+      const int64_t off = b * N * C + c0, ld = kFloat ? C : nc;
+      const float* tile = as_float(x + off, C, N, nc, buf);
+      float* dx_tile = dx ? dx_float(dx + off, N * nc, dx_buf) : nullptr;
+      tile_backward(tile, dx_tile, ld, N, nc, eps, yc, inv_y, pc, scale, acc, full);
+      if (dx) store_dx(dx_tile, N, nc, dx + off, C);
+      if (row_dp)
+        for (int64_t c = 0; c < nc; ++c)
+          row_dp[b * C + c0 + c] = scale[c] * yc[c] / pc[c] * (acc[c] * kLn2);  // acc is in log2 units
+    }
+  });
+}
+
+template <typename scalar_t>
+void forward_impl(const GemProblem& prob, const at::opmath_type<scalar_t>* p, double eps, scalar_t* y) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    if (prob.layout == GemLayout::kRows) forward_rows<scalar_t>(prob, p, eps, y);
+    else forward_channels_last<scalar_t>(prob, p, eps, y);
+  } else {
+    if (prob.layout == GemLayout::kRows) forward_rows_f<scalar_t>(prob, p, eps, y);
+    else forward_channels_last_f<scalar_t>(prob, p, eps, y);
+  }
+}
+
+template <typename scalar_t>
+void backward_impl(const GemProblem& prob, const at::opmath_type<scalar_t>* p, double eps, const scalar_t* gy,
+                   const scalar_t* y, scalar_t* dx, at::opmath_type<scalar_t>* row_dp) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    if (prob.layout == GemLayout::kRows) backward_rows<scalar_t>(prob, p, eps, gy, y, dx, row_dp);
+    else backward_channels_last<scalar_t>(prob, p, eps, gy, y, dx, row_dp);
+  } else {
+    if (prob.layout == GemLayout::kRows) backward_rows_f<scalar_t>(prob, p, eps, gy, y, dx, row_dp);
+    else backward_channels_last_f<scalar_t>(prob, p, eps, gy, y, dx, row_dp);
+  }
+}
+
 at::Tensor gem_pool_cpu(const at::Tensor& x, const at::Tensor& p, double eps) {
   GemProblem prob = gem_check(x, p, eps);
   at::Tensor y = at::empty({prob.B, prob.C}, x.options());
   if (y.numel() == 0) return y;
   at::Tensor p_acc = p.to(acc_type_for(x.scalar_type())).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gem_pool_cpu", [&] {
-    const auto* pp = p_acc.const_data_ptr<at::opmath_type<scalar_t>>();
-    if (prob.layout == GemLayout::kRows) forward_rows<scalar_t>(prob, pp, eps, y.mutable_data_ptr<scalar_t>());
-    else forward_channels_last<scalar_t>(prob, pp, eps, y.mutable_data_ptr<scalar_t>());
+    forward_impl<scalar_t>(prob, p_acc.const_data_ptr<at::opmath_type<scalar_t>>(), eps,
+                           y.mutable_data_ptr<scalar_t>());
   });
   return y;
 }
@@ -174,11 +555,7 @@ std::tuple<at::Tensor, at::Tensor> gem_pool_backward_cpu(const at::Tensor& grad_
       const auto* pp = p_acc.const_data_ptr<acc_t>();
       scalar_t* dxp = x_grad ? dx_work.mutable_data_ptr<scalar_t>() : nullptr;
       acc_t* dpp = p_grad ? row_dp.mutable_data_ptr<acc_t>() : nullptr;
-      if (prob.layout == GemLayout::kRows)
-        backward_rows<scalar_t>(prob, pp, eps, gy.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(), dxp, dpp);
-      else
-        backward_channels_last<scalar_t>(prob, pp, eps, gy.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(),
-                                         dxp, dpp);
+      backward_impl<scalar_t>(prob, pp, eps, gy.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(), dxp, dpp);
     });
   }
   if (!dx_work.is_same(dx)) dx.copy_(dx_work);

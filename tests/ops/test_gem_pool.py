@@ -122,6 +122,81 @@ def test_low_precision_extremes_are_finite(device, dtype, value, p):
         assert not torch.isfinite(naive).all()
 
 
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(2, 3, 70, 70), (1, 70, 4200)], ids=str)
+def test_long_rows_match_reference(device, dtype, shape):
+    # Long rows and large channels_last tiles (the CPU kernel converts float16/bfloat16 a row or a
+    # 64-channel tile at a time into a float buffer).
+    torch.manual_seed(5)
+    x0 = torch.rand(shape, device=device) * 3
+    x0.view(-1)[::997] = 1e-8  # below eps
+    p0 = torch.linspace(1.5, 4.5, shape[1], device=device)
+    g = torch.randn(shape[:2], device=device)
+    xr, pr = x0.to(dtype).double().requires_grad_(), p0.double().requires_grad_()
+    yr = _reference.gem_pool(xr, pr, 1e-6)
+    (yr * g.double()).sum().backward()
+    tol = tolerance(dtype)
+    for name, xl in layouts(x0.to(dtype)):
+        x, p = xl.detach().requires_grad_(), p0.clone().requires_grad_()
+        y = gem_pool(x, p)
+        torch.testing.assert_close(y.double(), yr.detach(), **tol, msg=f"{name} y")
+        (y * g.to(dtype)).float().sum().backward()
+        torch.testing.assert_close(x.grad.double(), xr.grad, **tol, msg=f"{name} dx")
+        torch.testing.assert_close(p.grad.double(), pr.grad, atol=tol["atol"] * 50, rtol=tol["rtol"] * 5,
+                                   msg=f"{name} dp")
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_grad_of_x_only_and_p_only(device, dtype):
+    torch.manual_seed(6)
+    x0 = (torch.rand(2, 70, 5, 5, device=device) * 3).to(dtype)
+    p0 = torch.linspace(1.5, 4.5, 70, device=device)
+    for name, xl in layouts(x0):
+        x, p = xl.detach().requires_grad_(), p0.clone().requires_grad_()
+        gem_pool(x, p).float().sum().backward()
+        x_only = xl.detach().requires_grad_()
+        gem_pool(x_only, p0).float().sum().backward()
+        p_only = p0.clone().requires_grad_()
+        gem_pool(xl, p_only).float().sum().backward()
+        torch.testing.assert_close(x_only.grad, x.grad, msg=name)
+        torch.testing.assert_close(p_only.grad, p.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nan_propagates(device, dtype):
+    x0 = torch.rand(2, 5, 6, 6, device=device) + 0.5
+    x0[1, 2, 3, 4] = float("nan")
+    for name, xl in layouts(x0.to(dtype)):
+        x = xl.detach().requires_grad_()
+        p = torch.tensor(3.0, device=device, requires_grad=True)
+        y = gem_pool(x, p)
+        nan_rows = torch.zeros(2, 5, dtype=torch.bool, device=device)
+        nan_rows[1, 2] = True
+        assert torch.equal(torch.isnan(y), nan_rows), name
+        y.float().sum().backward()
+        # The whole row's dx is NaN, the NaN element's own too (the reference's clamp backward gives
+        # it 0; the kernels, CPU and CUDA alike, do not special-case it).
+        assert torch.isnan(x.grad[1, 2]).all() and torch.isfinite(x.grad[~nan_rows]).all(), name
+        assert torch.isnan(p.grad), name
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("eps", [1e-30, 1e-40])
+def test_tiny_eps_and_values(device, eps):
+    # Ratios to the row maximum far below float's normal range still give the reference.
+    torch.manual_seed(7)
+    x0 = torch.rand(2, 3, 5, 5, device=device) * 10
+    x0[:, :, 0, :] = 1e-38
+    x0[:, :, 1, :] = 0.0
+    p = torch.tensor(0.7, device=device)
+    expected = _reference.gem_pool(x0.double(), p.double(), float(torch.tensor(eps).item()))
+    for name, xl in layouts(x0):
+        torch.testing.assert_close(gem_pool(xl, p, eps=eps).double(), expected, **tolerance(torch.float32), msg=name)
+
+
 def test_compile_fullgraph_and_meta():
     x = torch.rand(2, 8, 5, 5, requires_grad=True)
     p = torch.tensor(3.0, requires_grad=True)
