@@ -178,8 +178,10 @@ FUSEDEMBED_VEC_INLINE float log2_q(float q) {
 
 template <bool kFull>
 FUSEDEMBED_VEC_INLINE float exp2_t(float t) {
+  // exp2f_flush: results below 2^-126.5, negligible in every sum here, are 0; its +inf from 2^127.5
+  // on is never reached (with 2^-126 <= q <= N^(1/p), fast-path exponents stay below 126).
   if constexpr (kFull) return vm::exp2f_full(t);
-  else return vm::exp2f_flush(t);  // results below 2^-126.5, negligible in every sum here, are 0
+  else return vm::exp2f_flush(t);
 }
 
 // q = max(v, eps) / m, as a product with 1/m on the fast path.

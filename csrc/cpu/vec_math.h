@@ -11,7 +11,8 @@
 //    underflows through subnormals to 0, exp2(-inf) = 0; NaN in, NaN out.
 //  - log2f_normal / exp2f_flush, about half the instructions, for loops whose caller has checked
 //    the range: log2f_normal needs a positive normal finite x; exp2f_flush returns 0 below
-//    2^-126.5 (where exp2f_full gives a subnormal), and is exact like exp2f_full elsewhere.
+//    2^-126.5 (where exp2f_full gives a subnormal) and +inf from 2^127.5 on (exp2f_full: above
+//    2^128), and equals exp2f_full in between.
 // Accuracy (checked against double over the float range): log2 within 1e-7 relative for
 // |log2 x| >= 1 and 1.2e-7 absolute below; exp2 within 1.1e-7 relative (normal results).
 #pragma once
@@ -85,7 +86,7 @@ constexpr uint32_t kRoundShiftBits = 0x4b400000u;
 // log2(x) for a positive normal finite float x.
 FUSEDEMBED_VEC_INLINE float log2f_normal(float x) { return log2_bits(as_uint(x), 0); }
 
-// 2^x for any float x, but 0 below 2^-126.5 (2^x there is subnormal).
+// 2^x for any float x, but 0 for x < -126.5 (2^x there is subnormal) and +inf for x >= 127.5.
 FUSEDEMBED_VEC_INLINE float exp2f_flush(float x) {
   // n = -127 gives the scale 2^-127 as 0 bits, so 0; n = 128 gives +inf bits. NaN passes.
   float xc = select(x < -127.0f, -127.0f, x);
