@@ -42,6 +42,10 @@ FUSEDEMBED_VEC_INLINE float select(bool c, float a, float b) {
   const uint32_t mask = 0u - static_cast<uint32_t>(c);
   return as_float((as_uint(a) & mask) | (as_uint(b) & ~mask));
 }
+FUSEDEMBED_VEC_INLINE uint32_t select(bool c, uint32_t a, uint32_t b) {
+  const uint32_t mask = 0u - static_cast<uint32_t>(c);
+  return (a & mask) | (b & ~mask);
+}
 
 // log2(m) for m in [sqrt(1/2), sqrt(2)]: 2/ln2 * atanh(s), s = (m-1)/(m+1), |s| <= 0.1716, odd
 // series up to s^9 (truncation error < 3e-9 relative). m - 1 is exact (Sterbenz).
