@@ -42,6 +42,9 @@ inline acc_t gem_from_sum(acc_t m, acc_t sum, int64_t n, acc_t p) {
   return m * std::pow(sum / static_cast<acc_t>(n), acc_t(1) / p);
 }
 
+// ---------------------------------------------------------------------------------------------
+// float64: scalar loops with std::log/std::exp.
+
 template <typename scalar_t>
 void forward_rows(const GemProblem& prob, const at::opmath_type<scalar_t>* p, double eps_d, scalar_t* y) {
   using acc_t = at::opmath_type<scalar_t>;
