@@ -36,7 +36,7 @@ $(STAMPS)/venv:
 $(STAMPS)/deps: $(STAMPS)/venv constraints.txt pyproject.toml
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PIP) install -c constraints.txt torch torchvision
 	$(PIP) install -c constraints.txt "setuptools>=77" wheel ninja numpy pluggy pyyaml tqdm safetensors \
-		matplotlib pytest
+		matplotlib tensorboard pytest
 	@touch $@
 
 $(STAMPS)/build: $(STAMPS)/deps setup.py fusedembed/_version.py $(CSRC) $(PLUGINS)

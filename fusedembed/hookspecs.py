@@ -59,11 +59,13 @@ def fusedembed_register_datasets(register):
     trainer passes it, the config never sets it) and returns a ``torch.utils.data.Dataset``.
     Each item is a dict holding the keys the dataset provides, from this vocabulary:
 
-    - ``image``: float tensor ``(3, H, W)``, normalised
-    - ``tokens``: long tensor ``(L,)`` of token ids, 0 is padding; ``text``: the caption string
+    - ``image``: float tensor ``(3, H, W)``
+    - ``tokens``: long tensor ``(L,)`` of token ids, 0 is padding; ``caption``: the caption string
     - ``label``: int class id; ``labels``: float tensor ``(C,)``, multi-hot or confidences
     - ``boxes``: float tensor ``(N, 4)``, ``x0, y0, x1, y1`` in pixels
     - ``instance``: int id of the image the item belongs to (its captions share it)
+    - ``caption_id``: int global index of the caption; a caption dataset also exposes
+      ``caption_to_image`` (long tensor, caption id -> instance) for the retrieval metrics
     - ``index``: int position of the item in the dataset
 
     A dataset whose items need more than ``default_collate`` (text of varying length) exposes

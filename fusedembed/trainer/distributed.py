@@ -46,14 +46,6 @@ def mean(t: torch.Tensor, world: World) -> torch.Tensor:
     return t
 
 
-def broadcast_object(obj, world: World):
-    if not world.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()

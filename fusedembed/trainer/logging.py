@@ -1,5 +1,7 @@
-"""metrics.jsonl, the progress display and plain log lines (rank 0 only)."""
+"""metrics.jsonl (plus TensorBoard scalars when the package is installed), the progress display
+and plain log lines (rank 0 only)."""
 
+import importlib.util
 import json
 import math
 import sys
@@ -7,11 +9,16 @@ from pathlib import Path
 
 
 class MetricsLog:
-    """Appends one JSON object per line; a resumed run appends to the same file."""
+    """Appends one JSON object per line; a resumed run appends to the same file. With the
+    ``tensorboard`` package installed, numeric values also go to ``run_dir/tensorboard``."""
 
     def __init__(self, run_dir, enabled: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
+        self.tb = None
+        if enabled and importlib.util.find_spec("tensorboard") is not None:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def write(self, row: dict) -> None:
         if not self.enabled:
@@ -19,6 +26,15 @@ class MetricsLog:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(clean) + "\n")
+        if self.tb is not None:
+            for k, v in clean.items():
+                if k not in ("step", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
 
     def read(self) -> list:
         if not self.path.is_file():

@@ -156,6 +156,7 @@ class Trainer:
             return self.last_eval
         finally:
             self.progress.close()
+            self.log.close()
             D.shutdown(self.world)
 
     # -- one stage ---------------------------------------------------------------------------

@@ -54,6 +54,19 @@ def test_tiny_recipe_trains_loss_falls_and_writes_run_dir(make_recipe, tmp_path)
     assert validate(__import__("yaml").safe_load((tmp_path / "config.yaml").read_text())) == recipe
 
 
+def test_tensorboard_gets_the_logged_scalars_when_installed(make_recipe, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(make_recipe(trainer={"epochs": 1, "lr": 0.3, "log_every": 2}), tmp_path, out=lambda _: None)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    logged = [r for r in rows(tmp_path) if "loss" in r]
+    assert [e.step for e in events.Scalars("loss")] == [r["step"] for r in logged]
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx([r["loss"] for r in logged])
+    assert {"lr", "loss/bce", "val/map"} <= set(events.Tags()["scalars"])
+
+
 def resume_recipe(make_recipe):
     return make_recipe(
         losses=[{"name": "bce", "weight": 1.0},
