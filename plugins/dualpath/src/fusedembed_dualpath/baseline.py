@@ -38,7 +38,7 @@ def image_features(dataset, thumb: int = 16, bins: int = 8) -> torch.Tensor:
     for i in range(dataset.num_images):
         img = dataset.load_image(i).clamp(0, 1)        # (3, H, W) in [0, 1]
         q = (img * (bins - 1e-6)).long()
-        hist = torch.bincount((q[0] * bins + q[1]) * bins + q[2], minlength=bins ** 3).float().flatten()
+        hist = torch.bincount(((q[0] * bins + q[1]) * bins + q[2]).flatten(), minlength=bins ** 3).float()
         small = F.adaptive_avg_pool2d(img[None], thumb).flatten()
         rows.append(torch.cat([F.normalize(hist, dim=0), F.normalize(small, dim=0)]))
     return torch.stack(rows)

@@ -5,12 +5,14 @@
 
 Each case runs in a fresh process: it allocates W (C × D) and the features of both branches,
 notes its resident set, runs forward + backward, and reports the rise of the peak resident
-set (``VmHWM``) over that baseline. Tensors of this size are mmap'ed by glibc and unmapped when
-freed, so the peak resident set follows the live tensors closely.
+set (``VmHWM``) over that baseline. glibc's mmap threshold is pinned low
+(``MALLOC_MMAP_THRESHOLD_``), so every large tensor is mmap'ed and unmapped when freed and the
+peak resident set follows the live tensors, not what the heap kept after they died.
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -43,16 +45,19 @@ print(json.dumps({"peak_bytes": peak - base, "loss": float(loss)}))
 
 def measure(batch: int, classes: int, dim: int, chunk: int) -> dict:
     """``{"peak_bytes", "loss"}`` of one forward + backward (chunk 0: plain cross_entropy)."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     out = subprocess.run([sys.executable, "-c", CASE, str(batch), str(classes), str(dim), str(chunk)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def analytic(batch: int, classes: int, dim: int, chunk: int) -> int:
-    """Bytes (float32) the loss needs beyond W and x: grad W, grad x, and the logits — all of
-    them (N × C, about four copies) for plain CE, about three (N × chunk) blocks chunked."""
+    """Bytes (float32) the loss needs beyond W and x at its peak, in backward: grad W and
+    grad x, plus the logits' share — one N × C gradient of the logits for plain CE (its forward
+    holds two N × C copies, logits and log-softmax, but no grad W yet), about three
+    N × chunk blocks chunked."""
     n = 2 * batch
-    blocks = 4 * n * classes if chunk == 0 else 3 * n * min(chunk, classes)
+    blocks = n * classes if chunk == 0 else 3 * n * min(chunk, classes)
     return 4 * (classes * dim + n * dim + blocks)
 
 
@@ -65,12 +70,14 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     print(f"instance loss, B={args.batch} per branch (N={2 * args.batch} rows), C={args.classes}, "
           f"D={args.dim}, float32, CPU; W itself is {4 * args.classes * args.dim / 2**20:.0f} MiB")
-    print(f"{'cross-entropy':<22}{'measured peak (MiB)':>22}{'analytic (MiB)':>18}")
+    grad_w = 4 * args.classes * args.dim / 2**20
+    print(f"| cross-entropy | measured peak (MiB) | of which beyond grad W | analytic (MiB) |\n|---|---:|---:|---:|")
     for chunk in args.chunks:
         m = measure(args.batch, args.classes, args.dim, chunk)
         name = "plain F.cross_entropy" if chunk == 0 else f"chunked, {chunk} classes"
-        print(f"{name:<22}{m['peak_bytes'] / 2**20:>22.0f}"
-              f"{analytic(args.batch, args.classes, args.dim, chunk) / 2**20:>18.0f}")
+        peak = m["peak_bytes"] / 2**20
+        print(f"| {name} | {peak:.0f} | {peak - grad_w:.0f} | "
+              f"{analytic(args.batch, args.classes, args.dim, chunk) / 2**20:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
