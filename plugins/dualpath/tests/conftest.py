@@ -39,7 +39,7 @@ def tiny_recipe(regs, scenes_root):
             "model.text_backbone.fc_dim=32", "model.text_backbone.vocab_size=76",
             "losses.0.num_classes=64", "losses.0.dim=32",
             "stages.1.losses.0.dim=32", "stages.1.losses.1.num_classes=64", "stages.1.losses.1.dim=32",
-            "stages.0.trainer.epochs=3", "stages.1.trainer.epochs=2", "trainer.batch_size=16", "trainer.eval_batch_size=16", "trainer.log_every=1",
+            "stages.0.trainer.epochs=4", "stages.1.trainer.epochs=2", "trainer.batch_size=16", "trainer.eval_batch_size=16", "trainer.log_every=1",
             *extra], registries=regs)
 
     return make

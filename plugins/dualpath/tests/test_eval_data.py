@@ -33,8 +33,8 @@ def test_chance_is_the_exact_expectation():
     assert m["i2t_r5"] == pytest.approx(100 * (1 - (45 * 44 * 43 * 42 * 41) / (50 * 49 * 48 * 47 * 46)))
     gen = torch.Generator().manual_seed(0)
     sims = [RetrievalEvaluator().metrics(torch.randn(10, 8, generator=gen), torch.randn(50, 8, generator=gen), g)
-            for _ in range(100)]
-    assert sum(s["i2t_r5"] for s in sims) / 100 == pytest.approx(m["i2t_r5"], abs=4)
+            for _ in range(50)]
+    assert sum(s["i2t_r5"] for s in sims) / 50 == pytest.approx(m["i2t_r5"], abs=5)
 
 
 def test_table_has_both_directions_and_rsum():
@@ -47,10 +47,10 @@ def test_bow_cca_baseline_beats_chance_on_scenes(scenes_root):
     from fusedembed.data import scenes
     from fusedembed_dualpath.baseline import BowCCA
 
-    common = dict(root=scenes_root, image_size=32, progress=False, workers=1, train_images=300)
-    train = scenes("train", num_images=300, **common)
+    common = dict(root=scenes_root, image_size=32, progress=False, workers=1, train_images=200)
+    train = scenes("train", num_images=200, **common)
     test = scenes("test", num_images=50, **common)
-    img, txt = BowCCA(dim=32).fit(train).embed(test)
+    img, txt = BowCCA(dim=32, thumb=8, bins=4).fit(train).embed(test)
     m = RetrievalEvaluator().metrics(img, txt, test.caption_to_image)
     assert m["rsum"] > 2 * chance_metrics(test.caption_to_image)["rsum"]
 

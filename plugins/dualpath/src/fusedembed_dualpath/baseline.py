@@ -53,14 +53,14 @@ class BowCCA:
     """Fits on a training caption dataset; :meth:`embed` maps another split's images and
     captions into the canonical space."""
 
-    def __init__(self, dim: int = 64, reg: float = 1e-3, power: float = 4.0):
-        self.dim, self.reg, self.power = dim, reg, power
+    def __init__(self, dim: int = 64, reg: float = 1e-3, power: float = 4.0, thumb: int = 16, bins: int = 8):
+        self.dim, self.reg, self.power, self.thumb, self.bins = dim, reg, power, thumb, bins
 
     def fit(self, train) -> "BowCCA":
         counts = bow(train)
         self.idf = torch.log((1 + len(counts)) / (1 + (counts > 0).sum(0).float())) + 1
         txt = tfidf(counts, self.idf).double()
-        img = image_features(train).double()[train.caption_to_image]     # one row per pair
+        img = image_features(train, self.thumb, self.bins).double()[train.caption_to_image]   # one row per pair
         self.mx, self.my = img.mean(0), txt.mean(0)
         x, y = img - self.mx, txt - self.my
         n = len(x)
@@ -75,6 +75,6 @@ class BowCCA:
 
     def embed(self, dataset) -> tuple:
         """(image embeddings (N, k), caption embeddings (M, k)), L2-normalised."""
-        img = (image_features(dataset).double() - self.mx) @ self.wx
+        img = (image_features(dataset, self.thumb, self.bins).double() - self.mx) @ self.wx
         txt = (tfidf(bow(dataset), self.idf).double() - self.my) @ self.wy
         return F.normalize(img, dim=1).float(), F.normalize(txt, dim=1).float()

@@ -6,28 +6,28 @@ Every training image is its own class (its captions inherit its label). ONE clas
 (C × D, optional bias) scores both branches' features; the loss is softmax cross-entropy per
 branch, ``image_weight * CE(W f_img, y) + text_weight * CE(W f_txt, y)``.
 
-At COCO scale (C = 113,287 classes, D = 2048) W alone is 928 MB in float32 (and as much again
-for its gradient and for SGD's momentum: these are parameters, unavoidable). The logits are
-what chunking saves: both branches at B = 128 are N = 256 rows × C classes = 116 MB per copy,
-and plain ``F.cross_entropy`` holds several copies at its peak (the logits, the log-softmax
-kept for backward, the gradient of the logits, and the gradient of the rows' matmul input).
-:func:`chunked_cross_entropy` never forms them: its forward streams W in blocks of ``chunk``
-classes keeping a running log-sum-exp (N floats), and its backward recomputes each block's
-logits, so the transient memory is a few (N × chunk) blocks and what autograd keeps is x and
-the N log-sum-exps.
+At COCO scale (C = 113,287 classes, D = 2048) W is 928 MB (885 MiB) in float32, and its
+gradient and SGD's momentum as much again: parameters, which no chunking saves. What it saves
+are the logits: both branches at B = 128 are N = 256 rows × C = 110 MiB per copy, and plain
+``F.cross_entropy`` holds logits and log-softmax in forward and the logits' gradient in
+backward. :func:`chunked_cross_entropy` never forms them: its forward streams W in blocks of
+``chunk`` classes keeping a running log-sum-exp (N floats), and its backward recomputes each
+block's logits, so the transient memory is a few N × chunk blocks and what autograd keeps is x
+and the N log-sum-exps.
 
-Measured peak (``python -m fusedembed_dualpath.memory``, CPU float32, forward + backward, on
-top of W; counts every tensor the loss allocates, gradients of x and W included):
+Measured peak of forward + backward, CPU float32, B = 128 per branch, C = 113,287, D = 2048
+(``python -m fusedembed_dualpath.memory``; counts grad W, 885 MiB, and grad x):
 
-=====================  ==================  ===========================
-B=128 (N=256), D=2048  plain cross_entropy  chunked, chunk=8192 classes
-=====================  ==================  ===========================
-C = 113,287            see README table    see README table
-=====================  ==================  ===========================
+=========================  ===========  ==================
+cross-entropy              peak (MiB)   beyond grad W
+=========================  ===========  ==================
+plain ``F.cross_entropy``  1008         123
+chunked, chunk=8192        917          32
+chunked, chunk=2048        902          17
+=========================  ===========  ==================
 
-Analytically, chunked: grad W (C·D·4 = 928 MB) + grad x and x (2·N·D·4 = 4 MB) + about three
-(N × chunk) float blocks (3 · 256 · 8192 · 4 = 25 MB) → about 957 MB; plain: grad W (928 MB)
-+ about four N × C copies (4 · 116 = 464 MB) → about 1.4 GB. The gap grows with B.
+Analytically: grad W + grad x + one N × C gradient of the logits (plain; its forward also holds
+logits and log-softmax, 2 × 110 MiB) or about three N × chunk float blocks (chunked).
 
 Ranking loss
 ------------
