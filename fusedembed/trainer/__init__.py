@@ -16,7 +16,8 @@ Recipe keys it reads (see :mod:`fusedembed.recipe` for types and defaults):
   lr_mult, no_weight_decay, decay_norm_bias}, scheduler.{name, step_size, milestones, gamma,
   min_lr, warmup_epochs, warmup, warmup_factor}.
 - ``stages: [{name, <section>: ...}]``: run in order, each from the previous stage's weights
-  with fresh optimizers.
+  with fresh optimizers; a loss whose label (its name, made unique) and state shapes match one
+  of the previous stage keeps that state (a shared classifier, a learned margin).
 
 Run directory: ``config.yaml``, ``metrics.jsonl``, ``last.pt``, ``best.pt``, ``report.md``,
 ``loss.png``, ``eval.png``.

@@ -84,6 +84,19 @@ def loss_values(modules, terms, outputs: dict, batch: dict) -> List[torch.Tensor
     return values
 
 
+def loss_states(modules, terms) -> Dict[str, dict]:
+    return {t.label: m.state_dict() for m, t in zip(modules, terms)}
+
+
+def carry_loss_state(modules, terms, prev: Dict[str, dict]) -> None:
+    """A loss of the previous stage with the same label and the same state (names, shapes)
+    continues from it (a learned classifier or margin, a negatives bank); others start fresh."""
+    for module, term in zip(modules, terms):
+        state, own = prev.get(term.label), module.state_dict()
+        if state and state.keys() == own.keys() and all(v.shape == own[k].shape for k, v in state.items()):
+            module.load_state_dict(state)
+
+
 def pick_device(cfg, world: D.World) -> torch.device:
     if cfg.device != "auto":
         return torch.device(cfg.device)
@@ -149,7 +162,7 @@ class Trainer:
                 if si < start:
                     continue
                 resume = self.resume_state if si == start else None
-                prev = self._run_stage(si, name, recipe, resume, prev)
+                prev = self._run_stage(si, name, recipe, resume, prev)   # (model, {loss label: state})
             if self.main:
                 from .report import write_report
                 write_report(self.run_dir, self.recipe, self.log.read(), self.best)
@@ -160,15 +173,16 @@ class Trainer:
             D.shutdown(self.world)
 
     # -- one stage ---------------------------------------------------------------------------
-    def _run_stage(self, si: int, name: str, recipe: Recipe, resume: Optional[dict], prev_weights):
+    def _run_stage(self, si: int, name: str, recipe: Recipe, resume: Optional[dict], prev):
         cfg = recipe.trainer
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.seed + si)
         model = self.build("model", recipe.model)
-        if prev_weights is not None:
-            model.load_state_dict(prev_weights)          # stage II starts from stage I's weights
         losses, terms = build_losses(recipe.losses, self.build)
+        if prev is not None:
+            model.load_state_dict(prev[0])               # stage II starts from stage I's weights
+            carry_loss_state(losses, terms, prev[1])
         dev = self.device
         channels_last = cfg.channels_last and dev.type == "cuda"
         model.to(dev, memory_format=torch.channels_last) if channels_last else model.to(dev)
@@ -201,7 +215,7 @@ class Trainer:
                 raise ckpt.CheckpointError(f"the checkpoint does not fit this recipe: {err}") from None
             ckpt.set_rng_state(resume["rng"])
         if epoch >= cfg.epochs or (cfg.max_steps is not None and step >= cfg.max_steps):
-            return model.state_dict()                    # finished stage: hand its weights on
+            return model.state_dict(), loss_states(losses, terms)   # finished stage: hand its weights on
         raw = model
         if cfg.compile:
             model = torch.compile(model)
@@ -337,7 +351,7 @@ class Trainer:
         if self.world.distributed:
             self.log.write({"step": self.global_step, "stage": name,
                             "ddp_param_max_diff": D.param_divergence(raw, self.world)})
-        return raw.state_dict()
+        return raw.state_dict(), loss_states(losses, terms)
 
     def _evaluate(self, raw, evaluators, val_set, recipe, autocast, pos) -> bool:
         cfg = recipe.trainer

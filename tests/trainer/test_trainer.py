@@ -206,6 +206,23 @@ def test_stages_freeze_and_stage_two_starts_from_stage_one(make_recipe, tmp_path
     assert torch.load(tmp_path / "last.pt", weights_only=True)["stage_name"] == "two"
 
 
+def test_a_loss_keeps_its_state_into_the_next_stage_when_label_and_shapes_match():
+    from fusedembed.trainer.loop import LossTerm, carry_loss_state, loss_states
+
+    def terms(*labels):
+        return [LossTerm(label, 1.0, {}, frozenset()) for label in labels]
+
+    prev_modules = nn.ModuleList([nn.Linear(3, 2), nn.Linear(3, 2)])
+    prev = loss_states(prev_modules, terms("center", "margin"))
+    torch.manual_seed(1)
+    now = nn.ModuleList([nn.Linear(3, 2), nn.Linear(3, 5), nn.Linear(3, 2)])
+    fresh = {k: v.clone() for k, v in now[1].state_dict().items()}
+    carry_loss_state(now, terms("center", "margin", "ranking"), prev)
+    assert torch.equal(now[0].weight, prev_modules[0].weight)          # same label, same shapes
+    assert torch.equal(now[1].weight, fresh["weight"])                  # shapes differ: fresh
+    assert not torch.equal(now[2].weight, prev_modules[1].weight)       # new loss: fresh
+
+
 class NaNAfter(nn.Module):
     def __init__(self, inner, calls):
         super().__init__()

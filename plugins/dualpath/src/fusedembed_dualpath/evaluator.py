@@ -1,0 +1,67 @@
+"""Image ↔ text retrieval evaluation (registered evaluator ``dualpath_retrieval``).
+
+The evaluator gets the loader of a caption dataset (any view: scenes, Karpathy, CUHK-PEDES),
+encodes each image once and each caption once through the model's test-time path (flip sum,
+position-shift sum, L2 norm) and scores them with :mod:`fusedembed.metrics.retrieval`:
+R@1/5/10, median rank and rsum in both directions; COCO adds the 1K (5 folds) and 5K figures.
+"""
+
+from typing import Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from fusedembed.metrics import coco_retrieval, retrieval_metrics
+
+PROTOCOLS = ("standard", "coco")
+
+
+def _loader(dataset, like: DataLoader) -> DataLoader:
+    return DataLoader(dataset, batch_size=like.batch_size, shuffle=False, collate_fn=like.collate_fn,
+                      num_workers=like.num_workers)
+
+
+@torch.no_grad()
+def encode(model, loader: DataLoader, *, device) -> tuple:
+    """``(image embeddings (N, D), caption embeddings (M, D), caption_to_image (M,))`` of the
+    loader's caption dataset, in the model's eval mode."""
+    dataset = loader.dataset
+    if not hasattr(dataset, "with_view") or not hasattr(dataset, "caption_to_image"):
+        raise TypeError(f"dualpath_retrieval: needs a caption dataset (with_view, caption_to_image), got "
+                        f"{type(dataset).__name__}")
+    was_training = model.training
+    model.eval()
+    try:
+        images = [model({"image": b["image"].to(device)})["image_embedding"].float().cpu()
+                  for b in _loader(dataset.with_view("image"), loader)]
+        texts = [model({"tokens": b["tokens"].to(device), "lengths": b["lengths"].to(device)})
+                 ["text_embedding"].float().cpu() for b in _loader(dataset.with_view("text"), loader)]
+    finally:
+        model.train(was_training)
+    return torch.cat(images), torch.cat(texts), dataset.caption_to_image.clone()
+
+
+class RetrievalEvaluator:
+    """R@K, median rank and rsum, image→text and text→image.
+
+    Args:
+      protocol: "standard" (the whole split) or "coco" (``1k_*``: mean over 5 folds of 1000
+        images; ``5k_*``: the whole 5000).
+      ks: the K of R@K.
+      median: "floor" (VSE++) or "recall" (the authors' first K with R@K > 50 %).
+      ties: "pessimistic" or "optimistic" (see fusedembed.metrics).
+    """
+
+    def __init__(self, protocol: str = "standard", ks: Sequence[int] = (1, 5, 10), median: str = "floor",
+                 ties: str = "pessimistic", folds: int = 5):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"dualpath_retrieval: protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        self.protocol, self.ks, self.median, self.ties, self.folds = protocol, tuple(ks), median, ties, folds
+
+    def metrics(self, img: torch.Tensor, txt: torch.Tensor, txt_to_img: torch.Tensor) -> dict:
+        if self.protocol == "coco":
+            return coco_retrieval(img, txt, txt_to_img, self.folds, self.ks, self.ties, self.median)
+        return retrieval_metrics(img, txt, txt_to_img, self.ks, self.ties, self.median)
+
+    def __call__(self, model, loader, *, device) -> dict:
+        return self.metrics(*encode(model, loader, device=device))
