@@ -28,12 +28,12 @@ class ImageCaptionDataset(CaptionDataset):
                  seed=0, log: SkipLog | None = None):
         super().__init__(captions, tokens, vocab, view, transform, seed)
         self.paths = list(paths)
-        self._sources = list(sources)       # (list file, location) of each image's record
+        self.sources = list(sources)        # (list file, location) of each image's record
         self.skipped = dict(log.counts) if log else {}
         self.skip_messages = list(log.messages) if log else []
 
     def load_image(self, i: int) -> torch.Tensor:
-        return load_image(self.paths[i], *self._sources[i])
+        return load_image(self.paths[i], *self.sources[i])
 
     def extra(self, i, c, with_image):
         return {"path": self.paths[i]} if with_image else {}

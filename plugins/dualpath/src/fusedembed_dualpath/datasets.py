@@ -85,7 +85,7 @@ def _authors_split(json_path, image_root, split, split_lists: Dict[str, str], vi
     vocab = shared_vocab(vocab_path, lambda: Vocab.build([tokenize(c) for i in pick("train") for c in captions(i)],
                                                          min_count=min_count))
     chosen = pick(split)
-    return ImageCaptionDataset([full.paths[i] for i in chosen], [full._sources[i] for i in chosen],
+    return ImageCaptionDataset([full.paths[i] for i in chosen], [full.sources[i] for i in chosen],
                                [captions(i) for i in chosen], [[tokenize(c) for c in captions(i)] for i in chosen],
                                vocab, view, transform)
 
