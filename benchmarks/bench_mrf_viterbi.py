@@ -15,29 +15,7 @@ import torch
 
 from _harness import Case, parser, run_cases
 from fusedembed.ops import _reference, crf_viterbi, mrf_viterbi
-
-
-def pytorch_crf_decode(emissions, mask, transitions, start, end):
-    """pytorch-crf's CRF._viterbi_decode, (N, B, M) emissions and mask."""
-    seq_length, batch = mask.shape
-    score = start + emissions[0]
-    history = []
-    for i in range(1, seq_length):
-        next_score = score.unsqueeze(2) + transitions + emissions[i].unsqueeze(1)
-        next_score, indices = next_score.max(dim=1)
-        score = torch.where(mask[i].unsqueeze(1), next_score, score)
-        history.append(indices)
-    score = score + end
-    seq_ends = mask.long().sum(dim=0) - 1
-    best = []
-    for idx in range(batch):
-        _, last = score[idx].max(dim=0)
-        tags = [last.item()]
-        for hist in reversed(history[: seq_ends[idx]]):
-            last = hist[idx][tags[-1]]
-            tags.append(last.item())
-        best.append(tags[::-1])
-    return best
+from fusedembed.testing import pytorch_crf_decode
 
 
 def mrf_case(B, N, M, device, with_loop):

@@ -36,3 +36,28 @@ def plugin_manager(*, builtin: bool = True, **plugins: str):
 
     eps = ([BUILTIN] if builtin else []) + [EntryPoint(n, v, GROUP) for n, v in plugins.items()]
     return PluginManager(eps, env={})
+
+
+def pytorch_crf_decode(emissions, mask, transitions, start, end):
+    """pytorch-crf's ``CRF._viterbi_decode`` restated: (N, B, M) emissions, (N, B) bool mask,
+    one Python list of tags per sequence. The semantics ``crf_viterbi`` matches (tests) and the
+    peer-library baseline ``benchmarks/bench_mrf_viterbi.py`` times."""
+    seq_length, batch = mask.shape
+    score = start + emissions[0]
+    history = []
+    for i in range(1, seq_length):
+        next_score = score.unsqueeze(2) + transitions + emissions[i].unsqueeze(1)
+        next_score, indices = next_score.max(dim=1)
+        score = torch.where(mask[i].unsqueeze(1), next_score, score)
+        history.append(indices)
+    score = score + end
+    seq_ends = mask.long().sum(dim=0) - 1
+    best = []
+    for idx in range(batch):
+        _, last = score[idx].max(dim=0)
+        tags = [last.item()]
+        for hist in reversed(history[: seq_ends[idx]]):
+            last = hist[idx][tags[-1]]
+            tags.append(last.item())
+        best.append(tags[::-1])
+    return best

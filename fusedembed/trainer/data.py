@@ -1,7 +1,6 @@
 """Loaders whose order is a function of (seed, epoch) alone, so a resumed run sees the batches
 an uninterrupted one would, and DDP ranks together see the batches one process would."""
 
-import inspect
 import itertools
 
 import torch
@@ -108,10 +107,3 @@ def to_device(batch: dict, device, channels_last: bool = False) -> dict:
                 v = v.contiguous(memory_format=torch.channels_last)
         out[k] = v
     return out
-
-
-def accepts(fn, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False

@@ -6,14 +6,9 @@ from typing import Dict, Optional
 import torch
 import yaml
 
-from ..config import validate
 from ..registry import build as registry_build
 from . import checkpoint as ckpt
 from .data import eval_loader
-
-
-def recipe_of(state: dict):
-    return validate(state["config"])
 
 
 def export(checkpoint, out_dir) -> Path:

@@ -112,11 +112,6 @@ def amp_dtype(cfg, device) -> Optional[torch.dtype]:
     return torch.float16 if cfg.amp == "fp16" else torch.bfloat16
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)        # torch.compile
-    return getattr(model, "module", model) if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def set_bn_eval(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):

@@ -6,7 +6,7 @@ import torch
 
 import fusedembed
 from fusedembed.ops import _reference, alignment_segments, crf_viterbi, mrf_viterbi
-from fusedembed.testing import cpu_and_cuda
+from fusedembed.testing import cpu_and_cuda, pytorch_crf_decode
 
 pytestmark = pytest.mark.skipif(not fusedembed.has_extension(), reason="fusedembed._C not built")
 
@@ -259,29 +259,6 @@ def test_crf_forbidden_transitions_and_nan(device):
 
 
 # ---------------------------------------------------------------------------- pytorch-crf mapping
-
-
-def pytorch_crf_decode(emissions, mask, transitions, start, end):
-    """pytorch-crf's CRF._viterbi_decode (batch_first=False, (N, B, M) input), restated."""
-    seq_length, batch = mask.shape
-    score = start + emissions[0]
-    history = []
-    for i in range(1, seq_length):
-        next_score = score.unsqueeze(2) + transitions + emissions[i].unsqueeze(1)
-        next_score, indices = next_score.max(dim=1)
-        score = torch.where(mask[i].unsqueeze(1), next_score, score)
-        history.append(indices)
-    score = score + end
-    seq_ends = mask.long().sum(dim=0) - 1
-    best = []
-    for idx in range(batch):
-        _, last = score[idx].max(dim=0)
-        tags = [last.item()]
-        for hist in reversed(history[: seq_ends[idx]]):
-            last = hist[idx][tags[-1]]
-            tags.append(last.item())
-        best.append(tags[::-1])
-    return best
 
 
 def test_matches_pytorch_crf_decode_semantics():

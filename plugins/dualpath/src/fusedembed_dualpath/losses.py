@@ -112,9 +112,11 @@ def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: torch.T
     """Per-row CE (N,) of the logits ``x @ weight.T + bias`` without materialising them."""
     if chunk < 1:
         raise ValueError(f"chunked_cross_entropy: chunk must be >= 1, got {chunk}")
-    if len(target) and (int(target.min()) < 0 or int(target.max()) >= weight.shape[0]):
-        raise ValueError(f"instance: labels must be in [0, {weight.shape[0]}) (num_classes), got "
-                         f"min {int(target.min())}, max {int(target.max())}")
+    if len(target):
+        lo, hi = torch.stack(torch.aminmax(target)).tolist()     # one host sync
+        if lo < 0 or hi >= weight.shape[0]:
+            raise ValueError(f"instance: labels must be in [0, {weight.shape[0]}) (num_classes), got "
+                             f"min {lo}, max {hi}")
     return _ChunkedCE.apply(x, weight, bias, target.long(), chunk)
 
 
@@ -218,8 +220,9 @@ class BidirRankingLoss(nn.Module):
         scores = img @ txt.T                                   # [i, j] = s(x_i, y_j)
         same = ids[:, None] == ids[None]
         if self.negatives == "hardest":
-            neg_txt = scores.masked_fill(same, float("-inf")).max(1).values   # y⁻ for image i
-            neg_img = scores.masked_fill(same, float("-inf")).max(0).values   # x⁻ for caption i
+            negatives = scores.masked_fill(same, float("-inf"))
+            neg_txt = negatives.max(1).values                  # y⁻ for image i
+            neg_img = negatives.max(0).values                  # x⁻ for caption i
             cost = F.relu(self.margin - pos + neg_txt) + F.relu(self.margin - pos + neg_img)
         else:
             hinge_txt = F.relu(self.margin - pos[:, None] + scores).masked_fill(same, 0).sum(1)
@@ -243,6 +246,6 @@ class BidirRankingLoss(nn.Module):
     def _enqueue(self, img, txt, ids):
         k = len(self.bank_instance)
         n = min(len(img), k)
-        slots = (int(self.bank_next) + torch.arange(n, device=img.device)) % k
+        slots = (self.bank_next + torch.arange(n, device=img.device)) % k
         self.bank_image[slots], self.bank_text[slots], self.bank_instance[slots] = img[-n:], txt[-n:], ids[-n:]
-        self.bank_next.fill_((int(self.bank_next) + n) % k)
+        self.bank_next.add_(n).remainder_(k)
