@@ -53,6 +53,8 @@ TORCH_LIBRARY(fusedembed, m) {
   m.def("sampled_sigmoid_loss(Tensor logits, Tensor targets, Tensor counts, Tensor class_weight, "
         "Tensor pos_weight, float pos_threshold, float? neg_ratio, float empty_keep, int seed, int offset, "
         "int row_start, str reduction, bool compute_grad) -> (Tensor, Tensor, Tensor)");
+  // Backward of a scalar loss: grad_logits *= grad_loss (1 element) in place, read nothing when it is 1.
+  m.def("sampled_sigmoid_loss_scale_grad_(Tensor(a!) grad, Tensor grad_loss) -> ()");
   // Potts chain-MRF Viterbi over (B, N, M) unaries (word-to-region alignment): returns the int64
   // (B, N) assignment (-1 past each length) and the float32 (B,) best energy. beta: 1 or B values.
   m.def("mrf_viterbi(Tensor unary, Tensor beta, Tensor? lengths=None, Tensor? num_regions=None) "

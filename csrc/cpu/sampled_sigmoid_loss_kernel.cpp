@@ -1,21 +1,37 @@
 // sampled_sigmoid_loss on the CPU. Counts: parallel over column blocks, each walking all rows.
 // Main pass: class decisions once, then parallel over groups of four rows (one Philox call serves
-// the four rows of a column), per-row loss sums added in row order so the result does not depend
-// on the number of threads. Invalid targets are an error here (checking is free on the CPU).
+// the four rows of a column), per-row loss sums added in a fixed order so the result does not
+// depend on the number of threads. Invalid targets are an error here (checking is free on the CPU).
+//
+// Float32 math (float32/float16/bfloat16 logits) runs on chunks of a row with branch-free code
+// that GCC vectorizes: the chunk's Philox draws first, then every entry computed and the keep
+// mask applied by selects (std::exp/log1p calls and per-entry branches kept it scalar, ~38 ns an
+// entry). Float64 logits take the scalar ssl_element path, the one CUDA shares.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
+#include "cpu/vec_math.h"
 #include "ops/sampled_sigmoid_loss.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__)
+#define FUSEDEMBED_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FUSEDEMBED_HOT
+#endif
 
 namespace fusedembed {
 namespace {
 
+namespace vm = vec_math;
+
 constexpr int64_t kColumnBlock = 256;
+constexpr int64_t kChunk = 512;  // columns per vectorized step: its buffers stay in L1
 
 // The first invalid target in row-major order, if any, found by a parallel pass.
 struct BadTarget {
@@ -44,13 +60,20 @@ void counts_cpu_impl(const at::Tensor& t, float thr, at::Tensor& counts) {
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t j0 = blk * kColumnBlock, j1 = std::min(C, j0 + kColumnBlock);
       for (int64_t i = 0; i < B; ++i) {
+        // Branch-free, so it vectorizes; a row with an invalid target is searched again.
+        uint32_t row_bad = 0;
         for (int64_t j = j0; j < j1; ++j) {
           const acc_t v = static_cast<acc_t>(y[i * C + j]);
-          if (!ssl_target_valid(v)) keep_first(bad[blk], i * C + j, static_cast<double>(v));
-          if (v == acc_t(-1)) continue;
-          if (ssl_is_positive(v, thr)) ++npos[j];
-          else ++nneg[j];
+          const bool pos = ssl_is_positive(v, thr), ignored = v == acc_t(-1);
+          row_bad |= !ssl_target_valid(v);
+          npos[j] += pos;
+          nneg[j] += !pos & !ignored;
         }
+        if (row_bad)
+          for (int64_t j = j0; j < j1; ++j) {
+            const acc_t v = static_cast<acc_t>(y[i * C + j]);
+            if (!ssl_target_valid(v)) keep_first(bad[blk], i * C + j, static_cast<double>(v));
+          }
       }
     }
   });
@@ -72,20 +95,218 @@ at::Tensor counts_cpu(const at::Tensor& targets, double pos_threshold) {
   return counts;
 }
 
+// --- float32 path ---------------------------------------------------------------------------
+
+// The class decisions as arrays. An entry is kept when (pos_kept[j] and y >= pos_threshold) or
+// its draw u < keep_p[j]: keep_p is the negative keep probability of a class with a positive
+// and 1 or 0 (kept column or not) for a class without one. u is in [0, 1), so 1 and 0 decide
+// whatever the draw, and columns that need no draw may read any.
+struct FloatClasses {
+  std::vector<float> weight, eta, keep_p;
+  std::vector<uint32_t> pos_kept;
+  bool any_draw = false;
+};
+
+FloatClasses float_classes(const std::vector<SslClass<float>>& cls) {
+  const size_t C = cls.size();
+  FloatClasses f{std::vector<float>(C), std::vector<float>(C), std::vector<float>(C), std::vector<uint32_t>(C)};
+  for (size_t j = 0; j < C; ++j) {
+    const SslClass<float>& c = cls[j];
+    f.weight[j] = c.weight;
+    f.eta[j] = c.eta;
+    f.keep_p[j] = c.has_pos ? c.keep_neg : (c.keep_column ? 1.0f : 0.0f);
+    f.pos_kept[j] = c.has_pos;
+    f.any_draw |= c.needs_draw;
+  }
+  return f;
+}
+
+// The four Philox words of row group g for columns j0 .. j0 + n.
+FUSEDEMBED_HOT void chunk_draws(int64_t g, int64_t j0, int64_t n, const SslParams prm, uint32_t* __restrict d0,
+                                uint32_t* __restrict d1, uint32_t* __restrict d2, uint32_t* __restrict d3) {
+  for (int64_t k = 0; k < n; ++k) {
+    const Philox4x32 r = ssl_entry_draws(g, j0 + k, prm);
+    d0[k] = r.v[0];
+    d1[k] = r.v[1];
+    d2[k] = r.v[2];
+    d3[k] = r.v[3];
+  }
+}
+
+// log(1 + e) for e in [0, 1]: log(u) * e / (u - 1) with u = 1 + e cancels the rounding of u
+// (Goldberg), so small e keep their relative accuracy; NaN stays NaN.
+FUSEDEMBED_VEC_INLINE float log1p_unit(float e) {
+  constexpr float kLn2 = 0.693147180559945f;
+  const float u = 1.0f + e;
+  return vm::select(u == 1.0f, e, vm::log2f_normal(u) * kLn2 * e / (u - 1.0f));
+}
+
+// One row chunk: gradient terms (times gscale) into grad, weighted loss terms into loss.
+// Returns a nonzero word when some target is invalid (its entries get NaN, as in ssl_element).
+// Each entry follows ssl_element: a term with coefficient 0 is left out, dropped entries and
+// zero-weight columns give 0 whatever their logit; selects instead of branches.
+FUSEDEMBED_HOT uint32_t row_chunk(const float* __restrict z, const float* __restrict y, const uint32_t* __restrict draw,
+                                  const float* __restrict weight, const float* __restrict eta,
+                                  const float* __restrict keep_p, const uint32_t* __restrict pos_kept,
+                                  float pos_threshold, float gscale, int64_t n, float* __restrict grad,
+                                  float* __restrict loss) {
+  constexpr float kLog2e = 1.44269504088896f;
+  constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+  uint32_t bad = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    const float zk = z[k], yk = y[k], w = weight[k];
+    const bool valid = ssl_target_valid(yk);
+    const bool keep = ((pos_kept[k] != 0u) & (yk >= pos_threshold)) | (philox_uniform24(draw[k]) < keep_p[k]);
+    const bool active = keep & (yk != -1.0f) & (w != 0.0f);
+    const float az = vm::select(zk < 0.0f, -zk, zk);
+    const float e = vm::exp2f_full(-az * kLog2e);  // exp(-|z|)
+    const float l = log1p_unit(e);
+    const float inv = 1.0f / (1.0f + e);
+    const bool nonneg = zk >= 0.0f;
+    const float sig_pos = vm::select(nonneg, inv, e * inv);
+    const float sig_neg = vm::select(nonneg, e * inv, inv);
+    const float sp_pos = vm::select(zk > 0.0f, zk, 0.0f) + l;
+    const float sp_neg = vm::select(zk < 0.0f, -zk, 0.0f) + l;
+    const float a = eta[k] * yk, b = 1.0f - yk;
+    const float ce = vm::select(a != 0.0f, a * sp_neg, 0.0f) + vm::select(b != 0.0f, b * sp_pos, 0.0f);
+    const float lk = vm::select(active, w * ce, 0.0f);
+    const float gk = vm::select(active, w * (b * sig_pos - a * sig_neg) * gscale, 0.0f);
+    loss[k] = vm::select(valid, lk, kNaN);
+    grad[k] = vm::select(valid, gk, kNaN);
+    bad |= !valid;
+  }
+  return bad;
+}
+
+// Sum of v[0 .. n) in float lanes, then double: a fixed order, so the same on every ISA.
+FUSEDEMBED_HOT double chunk_sum(const float* __restrict v, int64_t n) {
+  constexpr int kLanes = 16;
+  float part[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) part[l] += v[k + l];
+  double s = 0;
+  for (; k < n; ++k) s += v[k];
+  for (int l = 0; l < kLanes; ++l) s += part[l];
+  return s;
+}
+
+template <typename T>
+const float* as_float_chunk(const T* src, int64_t n, float* buf) {
+  if constexpr (std::is_same_v<T, float>) {
+    return src;
+  } else {
+    for (int64_t k = 0; k < n; ++k) buf[k] = static_cast<float>(src[k]);
+    return buf;
+  }
+}
+
+template <typename scalar_t, typename target_t>
+void forward_float_rows(const SslProblem& prob, const std::vector<SslClass<float>>& cls, SslOutputs& out,
+                        std::vector<double>& row_sum, std::vector<BadTarget>& bad) {
+  const SslParams& prm = prob.prm;
+  const int64_t B = prm.B, C = prm.C;
+  const scalar_t* z = prob.logits.const_data_ptr<scalar_t>();
+  const target_t* y = prob.targets.const_data_ptr<target_t>();
+  const bool none = prm.reduction == SslReduction::kNone;
+  scalar_t* grad = prob.compute_grad ? out.grad.mutable_data_ptr<scalar_t>() : nullptr;
+  scalar_t* loss_elem = none ? out.loss.mutable_data_ptr<scalar_t>() : nullptr;
+  const float gscale = static_cast<float>(ssl_scale(prm));
+  const FloatClasses fc = float_classes(cls);
+  const int64_t g_begin = prm.row_start >> 2, g_end = (prm.row_start + B + 3) >> 2;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(4 * C, 1));
+  at::parallel_for(g_begin, g_end, grain, [&](int64_t begin, int64_t end) {
+    // Per-thread chunk buffers: draws (4 words), converted logits and targets, the two outputs.
+    std::vector<uint32_t> draws(4 * kChunk, 0u);
+    std::vector<float> zbuf(kChunk), ybuf(kChunk), gbuf(kChunk), lbuf(kChunk);
+    for (int64_t g = begin; g < end; ++g) {
+      const int64_t r0 = std::max<int64_t>(4 * g, prm.row_start) - prm.row_start;
+      const int64_t r1 = std::min<int64_t>(4 * g + 4, prm.row_start + B) - prm.row_start;
+      double sums[4] = {0, 0, 0, 0};
+      for (int64_t j0 = 0; j0 < C; j0 += kChunk) {
+        const int64_t n = std::min(kChunk, C - j0);
+        if (fc.any_draw)
+          chunk_draws(g, j0, n, prm, draws.data(), draws.data() + kChunk, draws.data() + 2 * kChunk,
+                      draws.data() + 3 * kChunk);
+        for (int64_t i = r0; i < r1; ++i) {
+          const int64_t off = i * C + j0;
+          const float* zf = as_float_chunk(z + off, n, zbuf.data());
+          const float* yf = as_float_chunk(y + off, n, ybuf.data());
+          float* gf = grad && std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(grad + off) : gbuf.data();
+          float* lf = none && std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(loss_elem + off) : lbuf.data();
+          const uint32_t* d = draws.data() + ((i + prm.row_start) & 3) * kChunk;
+          const uint32_t any_bad = row_chunk(zf, yf, d, fc.weight.data() + j0, fc.eta.data() + j0,
+                                             fc.keep_p.data() + j0, fc.pos_kept.data() + j0, prm.pos_threshold,
+                                             gscale, n, gf, lf);
+          if (any_bad)
+            for (int64_t k = 0; k < n; ++k)
+              if (!ssl_target_valid(yf[k])) {
+                keep_first(bad[g - g_begin], off + k, static_cast<double>(yf[k]));
+                break;
+              }
+          if constexpr (!std::is_same_v<scalar_t, float>) {
+            if (grad)
+              for (int64_t k = 0; k < n; ++k) grad[off + k] = static_cast<scalar_t>(gf[k]);
+            if (none)
+              for (int64_t k = 0; k < n; ++k) loss_elem[off + k] = static_cast<scalar_t>(lf[k]);
+          }
+          if (!none) sums[i - r0] += chunk_sum(lf, n);
+        }
+      }
+      if (!none)
+        for (int64_t i = r0; i < r1; ++i) row_sum[i] = sums[i - r0];
+    }
+  });
+}
+
+// --- float64 path ---------------------------------------------------------------------------
+
+template <typename target_t>
+void forward_double_rows(const SslProblem& prob, const std::vector<SslClass<double>>& cls, SslOutputs& out,
+                         std::vector<double>& row_sum, std::vector<BadTarget>& bad) {
+  const SslParams& prm = prob.prm;
+  const int64_t B = prm.B, C = prm.C;
+  const double* z = prob.logits.const_data_ptr<double>();
+  const target_t* y = prob.targets.const_data_ptr<target_t>();
+  const bool none = prm.reduction == SslReduction::kNone;
+  double* grad = prob.compute_grad ? out.grad.mutable_data_ptr<double>() : nullptr;
+  double* loss_elem = none ? out.loss.mutable_data_ptr<double>() : nullptr;
+  const double gscale = ssl_scale(prm);
+  const int64_t g_begin = prm.row_start >> 2, g_end = (prm.row_start + B + 3) >> 2;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(4 * C, 1));
+  at::parallel_for(g_begin, g_end, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      const int64_t r0 = std::max<int64_t>(4 * g, prm.row_start) - prm.row_start;
+      const int64_t r1 = std::min<int64_t>(4 * g + 4, prm.row_start + B) - prm.row_start;
+      double sums[4] = {0, 0, 0, 0};
+      for (int64_t j = 0; j < C; ++j) {
+        const SslClass<double>& c = cls[j];
+        const Philox4x32 draws = c.needs_draw ? ssl_entry_draws(g, j, prm) : Philox4x32{{0, 0, 0, 0}};
+        for (int64_t i = r0; i < r1; ++i) {
+          const int64_t k = i * C + j;
+          const double yv = static_cast<double>(y[k]);
+          if (!ssl_target_valid(yv)) keep_first(bad[g - g_begin], k, yv);
+          const SslElement<double> e = ssl_element(z[k], yv, draws.v[(i + prm.row_start) & 3], c, prm.pos_threshold);
+          if (grad) grad[k] = e.grad * gscale;
+          if (none) loss_elem[k] = e.loss;
+          else sums[i - r0] += e.loss;
+        }
+      }
+      if (!none)
+        for (int64_t i = r0; i < r1; ++i) row_sum[i] = sums[i - r0];
+    }
+  });
+}
+
 template <typename scalar_t, typename target_t>
 void forward_cpu_impl(const SslProblem& prob, SslOutputs& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const SslParams& prm = prob.prm;
   const int64_t B = prm.B, C = prm.C;
-  const scalar_t* z = prob.logits.const_data_ptr<scalar_t>();
-  const target_t* y = prob.targets.const_data_ptr<target_t>();
   const int32_t* counts = prob.counts.const_data_ptr<int32_t>();
   const acc_t* cw = prob.class_weight.const_data_ptr<acc_t>();
   const acc_t* pw = prob.pos_weight.const_data_ptr<acc_t>();
   const bool none = prm.reduction == SslReduction::kNone;
-  scalar_t* grad = prob.compute_grad ? out.grad.mutable_data_ptr<scalar_t>() : nullptr;
-  scalar_t* loss_elem = none ? out.loss.mutable_data_ptr<scalar_t>() : nullptr;
-  const acc_t gscale = static_cast<acc_t>(ssl_scale(prm));
 
   std::vector<SslClass<acc_t>> cls(C);
   bool* kept = out.kept.mutable_data_ptr<bool>();
@@ -96,34 +317,12 @@ void forward_cpu_impl(const SslProblem& prob, SslOutputs& out) {
     }
   });
 
-  // Groups of four global rows: the unit a Philox call serves (see the header).
-  const int64_t g_begin = prm.row_start >> 2, g_end = (prm.row_start + B + 3) >> 2;
   std::vector<double> row_sum(none ? 0 : B, 0.0);
-  std::vector<BadTarget> bad(g_end - g_begin);
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(4 * C, 1));
-  at::parallel_for(g_begin, g_end, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t g = begin; g < end; ++g) {
-      const int64_t r0 = std::max<int64_t>(4 * g, prm.row_start) - prm.row_start;
-      const int64_t r1 = std::min<int64_t>(4 * g + 4, prm.row_start + B) - prm.row_start;
-      double sums[4] = {0, 0, 0, 0};
-      for (int64_t j = 0; j < C; ++j) {
-        const SslClass<acc_t>& c = cls[j];
-        const Philox4x32 draws = c.needs_draw ? ssl_entry_draws(g, j, prm) : Philox4x32{{0, 0, 0, 0}};
-        for (int64_t i = r0; i < r1; ++i) {
-          const int64_t k = i * C + j;
-          const acc_t yv = static_cast<acc_t>(y[k]);
-          if (!ssl_target_valid(yv)) keep_first(bad[g - g_begin], k, static_cast<double>(yv));
-          const SslElement<acc_t> e =
-              ssl_element(static_cast<acc_t>(z[k]), yv, draws.v[(i + prm.row_start) & 3], c, prm.pos_threshold);
-          if (grad) grad[k] = static_cast<scalar_t>(e.grad * gscale);
-          if (none) loss_elem[k] = static_cast<scalar_t>(e.loss);
-          else sums[i - r0] += static_cast<double>(e.loss);
-        }
-      }
-      if (!none)
-        for (int64_t i = r0; i < r1; ++i) row_sum[i] = sums[i - r0];
-    }
-  });
+  std::vector<BadTarget> bad(((prm.row_start + B + 3) >> 2) - (prm.row_start >> 2));
+  if constexpr (std::is_same_v<acc_t, float>)
+    forward_float_rows<scalar_t, target_t>(prob, cls, out, row_sum, bad);
+  else
+    forward_double_rows<target_t>(prob, cls, out, row_sum, bad);
   BadTarget first;
   for (const auto& b : bad)
     if (b.index >= 0) keep_first(first, b.index, b.value);
@@ -154,11 +353,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
   return {out.loss, out.grad, out.kept};
 }
 
+void scale_grad_cpu(const at::Tensor& grad, const at::Tensor& grad_loss) {
+  const at::Tensor g = ssl_check_scale_grad(grad, grad_loss);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "sampled_sigmoid_loss_scale_grad_",
+                                  [&] {
+                                    using acc_t = at::opmath_type<scalar_t>;
+                                    const acc_t s = g.item<acc_t>();
+                                    if (s == acc_t(1)) return;  // the usual case: loss.backward()
+                                    scalar_t* p = grad.mutable_data_ptr<scalar_t>();
+                                    at::parallel_for(0, grad.numel(), 32768, [&](int64_t begin, int64_t end) {
+                                      for (int64_t k = begin; k < end; ++k)
+                                        p[k] = static_cast<scalar_t>(static_cast<acc_t>(p[k]) * s);
+                                    });
+                                  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fusedembed, CPU, m) {
   m.impl("sampled_sigmoid_loss_counts", &counts_cpu);
   m.impl("sampled_sigmoid_loss", &forward_cpu);
+  m.impl("sampled_sigmoid_loss_scale_grad_", &scale_grad_cpu);
 }
 
 }  // namespace fusedembed

@@ -11,6 +11,9 @@
 // register. A warp-shuffle block reduction writes one partial per block; a one-block kernel adds
 // those in a fixed order, in double. Nothing depends on timing: results are deterministic.
 // Invalid targets are not an error here (that would cost a host sync): they give NaN.
+//
+// Backward of a scalar loss: one in-place pass over the gradient, skipped on the device when
+// grad_output is 1.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -19,6 +22,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "ops/sampled_sigmoid_loss.h"
 
@@ -107,7 +111,7 @@ __global__ void __launch_bounds__(kThreads)
   const bool none = prm.reduction == SslReduction::kNone;
   acc_t local = 0;
   if (j0 < C) {
-    // With VEC > 1, C % VEC == 0, so all VEC columns exist; with VEC == 1 the one column does.
+    // C % VEC == 0, so all VEC columns exist.
     SslClass<acc_t> cls[VEC];
 #pragma unroll
     for (int v = 0; v < VEC; ++v) {
@@ -159,6 +163,23 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// grad *= *g, VEC elements per step; nothing is read or written when *g == 1 (loss.backward()),
+// which the kernel finds out itself so the host never waits for the value.
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    scale_kernel(scalar_t* __restrict__ grad, const at::opmath_type<scalar_t>* __restrict__ g, int64_t n_vec) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t s = *g;
+  if (s == acc_t(1)) return;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n_vec; k += stride) {
+    Vec<scalar_t, VEC> v = load_vec<VEC>(grad + k * VEC);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) v.v[e] = static_cast<scalar_t>(static_cast<acc_t>(v.v[e]) * s);
+    store_vec<VEC>(grad + k * VEC, v);
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kFinishThreads)
     finish_kernel(const acc_t* __restrict__ partials, int64_t n, double scale, scalar_t* __restrict__ loss) {
@@ -168,13 +189,24 @@ __global__ void __launch_bounds__(kFinishThreads)
   if (threadIdx.x == 0) *loss = static_cast<scalar_t>(s * scale);
 }
 
-// Columns per thread: 4 when every row and pointer is aligned for 4-wide vectors, else 1 (the
-// warp still reads consecutive addresses, so loads stay coalesced).
+// Columns per thread: the widest of 4, 2 and 1 that divides C and for which every pointer is
+// aligned, so each row starts on a vector boundary (C = 11166 takes 2). With 1 the warp still
+// reads consecutive addresses, so loads stay coalesced.
 template <typename... T>
 int vec_width(int64_t C, const T*... ptrs) {
-  if (C % 4 != 0) return 1;
-  const bool aligned = ((reinterpret_cast<uintptr_t>(ptrs) % (4 * sizeof(T)) == 0) && ...);
-  return aligned ? 4 : 1;
+  for (int vec : {4, 2}) {
+    const bool aligned = ((reinterpret_cast<uintptr_t>(ptrs) % (vec * sizeof(T)) == 0) && ...);
+    if (C % vec == 0 && aligned) return vec;
+  }
+  return 1;
+}
+
+// Calls f(std::integral_constant<int, VEC>) for the runtime width: one kernel instance per width.
+template <typename F>
+void with_vec(int vec, F&& f) {
+  if (vec == 4) f(std::integral_constant<int, 4>{});
+  else if (vec == 2) f(std::integral_constant<int, 2>{});
+  else f(std::integral_constant<int, 1>{});
 }
 
 struct Launch {
@@ -209,12 +241,10 @@ at::Tensor counts_cuda(const at::Tensor& targets, double pos_threshold) {
                                     const int vec = vec_width(C, yp);
                                     const Launch l = plan(C, vec, B);
                                     const float thr = static_cast<float>(pos_threshold);
-                                    if (vec == 4)
-                                      counts_kernel<scalar_t, 4><<<l.grid, l.block, 0, stream>>>(
+                                    with_vec(vec, [&](auto v) {
+                                      counts_kernel<scalar_t, decltype(v)::value><<<l.grid, l.block, 0, stream>>>(
                                           yp, counts.mutable_data_ptr<int32_t>(), B, C, thr);
-                                    else
-                                      counts_kernel<scalar_t, 1><<<l.grid, l.block, 0, stream>>>(
-                                          yp, counts.mutable_data_ptr<int32_t>(), B, C, thr);
+                                    });
                                     C10_CUDA_KERNEL_LAUNCH_CHECK();
                                   });
   return counts;
@@ -242,10 +272,10 @@ void forward_cuda_impl(const SslProblem& prob, SslOutputs& out) {
   const acc_t* cw = prob.class_weight.const_data_ptr<acc_t>();
   const acc_t* pw = prob.pos_weight.const_data_ptr<acc_t>();
   bool* kp = out.kept.mutable_data_ptr<bool>();
-  if (vec == 4)
-    forward_kernel<scalar_t, target_t, 4><<<l.grid, l.block, 0, stream>>>(zp, yp, cp, cw, pw, prm, gscale, gp, lp, kp, pp);
-  else
-    forward_kernel<scalar_t, target_t, 1><<<l.grid, l.block, 0, stream>>>(zp, yp, cp, cw, pw, prm, gscale, gp, lp, kp, pp);
+  with_vec(vec, [&](auto v) {
+    forward_kernel<scalar_t, target_t, decltype(v)::value>
+        <<<l.grid, l.block, 0, stream>>>(zp, yp, cp, cw, pw, prm, gscale, gp, lp, kp, pp);
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!none) {
     finish_kernel<scalar_t, acc_t><<<1, kFinishThreads, 0, stream>>>(pp, partials.numel(), ssl_scale(prm),
@@ -274,11 +304,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& lo
   return {out.loss, out.grad, out.kept};
 }
 
+void scale_grad_cuda(const at::Tensor& grad, const at::Tensor& grad_loss) {
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const at::Tensor g = ssl_check_scale_grad(grad, grad_loss);
+  const int64_t n = grad.numel();
+  if (n == 0) return;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "sampled_sigmoid_loss_scale_grad_",
+                                  [&] {
+                                    scalar_t* p = grad.mutable_data_ptr<scalar_t>();
+                                    const auto* gp = g.const_data_ptr<at::opmath_type<scalar_t>>();
+                                    const int vec = vec_width(n, static_cast<const scalar_t*>(p));
+                                    const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+                                    const int64_t n_vec = n / vec;
+                                    const int64_t blocks = std::min<int64_t>(
+                                        (n_vec + kThreads - 1) / kThreads, static_cast<int64_t>(sms) * kBlocksPerSm);
+                                    with_vec(vec, [&](auto v) {
+                                      scale_kernel<scalar_t, decltype(v)::value>
+                                          <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p, gp, n_vec);
+                                    });
+                                    C10_CUDA_KERNEL_LAUNCH_CHECK();
+                                  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fusedembed, CUDA, m) {
   m.impl("sampled_sigmoid_loss_counts", &counts_cuda);
   m.impl("sampled_sigmoid_loss", &forward_cuda);
+  m.impl("sampled_sigmoid_loss_scale_grad_", &scale_grad_cuda);
 }
 
 }  // namespace fusedembed

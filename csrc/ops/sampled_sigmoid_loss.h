@@ -109,7 +109,7 @@ FUSEDEMBED_HD bool ssl_is_positive(acc_t y, float pos_threshold) {
 
 template <typename acc_t>
 FUSEDEMBED_HD bool ssl_target_valid(acc_t y) {
-  return (y >= acc_t(0) && y <= acc_t(1)) || y == acc_t(-1);
+  return ((y >= acc_t(0)) & (y <= acc_t(1))) | (y == acc_t(-1));  // no branches: CPU loops vectorize
 }
 
 FUSEDEMBED_HD float ssl_exp(float x) { return ::expf(x); }
@@ -343,6 +343,22 @@ inline SslOutputs ssl_allocate(const SslProblem& prob) {
   out.grad = prob.compute_grad ? at::empty({prob.prm.B, prob.prm.C}, z.options()) : at::empty({0}, z.options());
   out.kept = at::empty({prob.prm.C}, z.options().dtype(at::kBool));
   return out;
+}
+
+// Arguments of sampled_sigmoid_loss_scale_grad_: the gradient the main op wrote and the scalar
+// grad_output of the loss, both on one device. Returns grad_output in grad's accumulation type.
+inline at::Tensor ssl_check_scale_grad(const at::Tensor& grad, const at::Tensor& grad_loss) {
+  const auto st = grad.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble,
+              "sampled_sigmoid_loss_scale_grad_: grad must be float32, float16, bfloat16 or float64, got ",
+              dtype_str(grad));
+  TORCH_CHECK(grad.is_contiguous(), "sampled_sigmoid_loss_scale_grad_: grad must be contiguous");
+  TORCH_CHECK(grad_loss.numel() == 1 && at::isFloatingType(grad_loss.scalar_type()),
+              "sampled_sigmoid_loss_scale_grad_: grad_loss must be a floating tensor of 1 element, got ",
+              dtype_str(grad_loss), " ", shape_str(grad_loss));
+  TORCH_CHECK(grad_loss.device() == grad.device(), "sampled_sigmoid_loss_scale_grad_: grad_loss is on ",
+              grad_loss.device(), " but grad is on ", grad.device());
+  return grad_loss.reshape({}).to(acc_type_for(st));
 }
 
 }  // namespace fusedembed

@@ -106,7 +106,9 @@ def sampled_sigmoid_loss(logits: torch.Tensor, targets: torch.Tensor, class_weig
         return_stats: also return ``counts`` and ``kept`` ((C,) bool: the columns that took part).
 
     Gradient: with respect to logits only, computed in the same pass as the loss when logits
-    require grad and scaled by grad_output in backward (no double backward).
+    require grad and scaled by grad_output in backward (no double backward). A backward that
+    frees the graph (no retain_graph) scales it in place and skips that pass when grad_output
+    is 1, so ``loss.backward()`` adds no work after the forward.
 
     Bad values. Tensor values are checked on the CPU only (a check on the GPU costs a host sync):
     targets outside [0, 1] and not -1 raise on the CPU; on CUDA they make their entry's loss and
@@ -149,6 +151,10 @@ if has_extension():
         torch._check(targets.dim() == 2, lambda: f"{_NAME}: targets must be a 2-d (B, C) tensor")
         return targets.new_empty((2, targets.shape[1]), dtype=torch.int32)
 
+    @torch.library.register_fake("fusedembed::sampled_sigmoid_loss_scale_grad_")
+    def _scale_grad_fake(grad, grad_loss):
+        return None
+
     @torch.library.register_fake("fusedembed::sampled_sigmoid_loss")
     def _loss_fake(logits, targets, counts, class_weight, pos_weight, pos_threshold, neg_ratio, empty_keep, seed,
                    offset, row_start, reduction, compute_grad):
@@ -170,8 +176,23 @@ if has_extension():
         if torch.is_grad_enabled():
             # The saved gradient is a constant: a graph through it would have no second derivative.
             raise RuntimeError(f"{_NAME}: double backward is not supported (backward with create_graph=True)")
+        if not ctx.needs_input_grad[0]:
+            return (None,) * 13
         (grad,) = ctx.saved_tensors
-        dlogits = grad * grad_loss if ctx.needs_input_grad[0] else None
-        return (dlogits,) + (None,) * 12
+        if grad_loss.dim() == 0 and type(grad) is torch.Tensor and _last_reader_of_saved_tensors():
+            # The saved gradient becomes d loss / d logits in place: no new (B, C) tensor, and no
+            # pass over it at all when grad_loss is 1 (the kernel checks, the host never waits).
+            # Only plain eager tensors: tracers (fake, functional) get the out-of-place product.
+            torch.ops.fusedembed.sampled_sigmoid_loss_scale_grad_(grad, grad_loss)
+            return (grad,) + (None,) * 12
+        return (grad * grad_loss,) + (None,) * 12
+
+    def _last_reader_of_saved_tensors() -> bool:
+        """True in an eager backward that frees the graph after it (no retain_graph): nothing
+        reads the saved gradient again, so it may be overwritten."""
+        if torch.compiler.is_compiling():
+            return False
+        keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+        return keep_graph is not None and not keep_graph()
 
     torch.library.register_autograd("fusedembed::sampled_sigmoid_loss", _backward, setup_context=_setup_context)

@@ -263,6 +263,64 @@ def test_backward_refuses_what_it_cannot_do():
         torch.autograd.grad(loss, z, create_graph=True)
 
 
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_backward_scales_by_grad_output_however_it_is_called(device):
+    # backward reuses the forward's gradient in place when nothing can read it again; every way
+    # of calling backward must still give grad_output * d loss / d logits.
+    logits, targets = make_batch(12, 10, device, pos_frac=0.2)
+    cw = weights("per_class", 10, device)
+    kw = dict(neg_ratio=1.0, empty_keep=0.5, seed=4)
+    _, expected, _ = reference(logits, targets, cw.cpu(), **kw) if device == "cpu" else \
+        reference(logits.cpu(), targets.cpu(), cw.cpu(), **kw)
+    expected = expected.float().to(device)
+
+    def fresh():
+        z = logits.detach().clone().requires_grad_()
+        return z, sampled_sigmoid_loss(z, targets, cw, **kw)
+
+    z, loss = fresh()
+    loss.backward()  # grad_output 1: the kernel leaves the gradient as it is
+    torch.testing.assert_close(z.grad, expected)
+    z, loss = fresh()
+    (loss * 3).backward()
+    torch.testing.assert_close(z.grad, 3 * expected)
+    z, loss = fresh()
+    (g,) = torch.autograd.grad(loss, z, grad_outputs=torch.tensor(-0.5, device=device))
+    torch.testing.assert_close(g, -0.5 * expected)
+    z, loss = fresh()  # the graph kept: a second backward must see the unscaled gradient again
+    g1, = torch.autograd.grad(loss, z, grad_outputs=torch.tensor(2.0, device=device), retain_graph=True)
+    g2, = torch.autograd.grad(loss, z, grad_outputs=torch.tensor(5.0, device=device))
+    torch.testing.assert_close(g1, 2 * expected)
+    torch.testing.assert_close(g2, 5 * expected)
+    z = logits.detach().clone().requires_grad_()  # two uses of the logits: gradients add up
+    (sampled_sigmoid_loss(z, targets, cw, **kw) * 2 + sampled_sigmoid_loss(z, targets, cw, **kw)).backward()
+    torch.testing.assert_close(z.grad, 3 * expected)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("n", [4096, 4094, 7])
+def test_scale_grad_op(device, dtype, n):
+    grad = torch.randn(n, device=device).to(dtype)
+    kept = grad.clone()
+    torch.ops.fusedembed.sampled_sigmoid_loss_scale_grad_(grad, torch.tensor(1.0, device=device, dtype=dtype))
+    assert torch.equal(grad, kept)
+    torch.ops.fusedembed.sampled_sigmoid_loss_scale_grad_(grad, torch.tensor(0.25, device=device, dtype=dtype))
+    torch.testing.assert_close(grad, kept * 0.25, **tolerance(dtype))
+    torch.library.opcheck(torch.ops.fusedembed.sampled_sigmoid_loss_scale_grad_.default,
+                          (grad, torch.tensor(3.0, device=device, dtype=dtype)))
+
+
+def test_scale_grad_op_names_bad_arguments():
+    op = torch.ops.fusedembed.sampled_sigmoid_loss_scale_grad_
+    with pytest.raises(RuntimeError, match=r"grad_loss must be a floating tensor of 1 element, got Float \[2\]"):
+        op(torch.zeros(4), torch.ones(2))
+    with pytest.raises(RuntimeError, match="grad must be float32, float16, bfloat16 or float64, got Long"):
+        op(torch.zeros(4, dtype=torch.long), torch.ones(()))
+    with pytest.raises(RuntimeError, match="grad must be contiguous"):
+        op(torch.zeros(4, 4).t(), torch.ones(()))
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 def _args(**over):
@@ -332,6 +390,28 @@ def test_row_start_range_and_direct_op_checks():
                                                   0.0, -5, 0, 0, "mean", False)
     with pytest.raises(ValueError, match="class_weight must not require grad"):
         sampled_sigmoid_loss(logits, targets, torch.ones(5, requires_grad=True), seed=0)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_float32_math_matches_float64_over_the_logit_range(device):
+    # float32 logits take vectorized exp/log on the CPU: entry by entry they must agree with the
+    # float64 path from the centre to the far tails, for hard and soft targets.
+    z = torch.linspace(-100, 100, 4001, device=device)
+    y = torch.tensor([0.0, 0.3, 0.8, 1.0], device=device)[:, None].expand(4, z.numel()).contiguous()
+    z = z.expand(4, -1).contiguous()
+    w = torch.full((z.shape[1],), 0.7, device=device)
+    kw = dict(pos_weight=3.0, empty_keep=1.0, seed=0, reduction="none")
+    z32, z64 = z.clone().requires_grad_(), z.double().requires_grad_()
+    l32 = sampled_sigmoid_loss(z32, y, w, **kw)
+    l64 = sampled_sigmoid_loss(z64, y.double(), w.double(), **kw)
+    l32.sum().backward()
+    l64.sum().backward()
+    # Relative accuracy down to the tiny tails (exp(-100) ~ 4e-44 is subnormal in float32)...
+    torch.testing.assert_close(l32, l64.float(), rtol=1e-5, atol=1e-40)
+    hard = [0, 3]
+    torch.testing.assert_close(z32.grad[hard], z64.grad[hard].float(), rtol=1e-5, atol=1e-40)
+    # ...except where a soft target's two gradient terms cancel.
+    torch.testing.assert_close(z32.grad, z64.grad.float(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -525,7 +605,8 @@ def test_cuda_equals_cpu(dtype, shape, reduction):
 
 @pytest.mark.cuda
 def test_cuda_uint8_targets_and_vector_path():
-    # C % 4 == 0 takes the 4-wide vector loads; uint8 targets read a quarter of the bytes.
+    # C % 4 == 0 takes the 4-wide vector loads (C = 11166 in test_cuda_equals_cpu the 2-wide ones);
+    # uint8 targets read a quarter of the bytes.
     logits, targets = make_batch(64, 512, "cpu", pos_frac=0.02)
     targets = (targets >= 0.7).to(torch.uint8)
     cw = weights("per_class", 512, "cpu")
