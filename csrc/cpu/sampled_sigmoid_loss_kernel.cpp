@@ -201,112 +201,120 @@ const float* as_float_chunk(const T* src, int64_t n, float* buf) {
   }
 }
 
+// Pointers and scalars every row group reads, for either path.
 template <typename scalar_t, typename target_t>
-void forward_float_rows(const SslProblem& prob, const std::vector<SslClass<float>>& cls, SslOutputs& out,
-                        std::vector<double>& row_sum, std::vector<BadTarget>& bad) {
-  const SslParams& prm = prob.prm;
-  const int64_t B = prm.B, C = prm.C;
-  const scalar_t* z = prob.logits.const_data_ptr<scalar_t>();
-  const target_t* y = prob.targets.const_data_ptr<target_t>();
-  const bool none = prm.reduction == SslReduction::kNone;
-  scalar_t* grad = prob.compute_grad ? out.grad.mutable_data_ptr<scalar_t>() : nullptr;
-  scalar_t* loss_elem = none ? out.loss.mutable_data_ptr<scalar_t>() : nullptr;
-  const float gscale = static_cast<float>(ssl_scale(prm));
-  const FloatClasses fc = float_classes(cls);
-  const int64_t g_begin = prm.row_start >> 2, g_end = (prm.row_start + B + 3) >> 2;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(4 * C, 1));
-  at::parallel_for(g_begin, g_end, grain, [&](int64_t begin, int64_t end) {
-    // Per-thread chunk buffers: draws (4 words), converted logits and targets, the two outputs.
-    std::vector<uint32_t> draws(4 * kChunk, 0u);
-    std::vector<float> zbuf(kChunk), ybuf(kChunk), gbuf(kChunk), lbuf(kChunk);
-    for (int64_t g = begin; g < end; ++g) {
-      const int64_t r0 = std::max<int64_t>(4 * g, prm.row_start) - prm.row_start;
-      const int64_t r1 = std::min<int64_t>(4 * g + 4, prm.row_start + B) - prm.row_start;
-      double sums[4] = {0, 0, 0, 0};
-      for (int64_t j0 = 0; j0 < C; j0 += kChunk) {
-        const int64_t n = std::min(kChunk, C - j0);
-        if (fc.any_draw)
-          chunk_draws(g, j0, n, prm, draws.data(), draws.data() + kChunk, draws.data() + 2 * kChunk,
-                      draws.data() + 3 * kChunk);
-        for (int64_t i = r0; i < r1; ++i) {
-          const int64_t off = i * C + j0;
-          const float* zf = as_float_chunk(z + off, n, zbuf.data());
-          const float* yf = as_float_chunk(y + off, n, ybuf.data());
-          float* gf = grad && std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(grad + off) : gbuf.data();
-          float* lf = none && std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(loss_elem + off) : lbuf.data();
-          const uint32_t* d = draws.data() + ((i + prm.row_start) & 3) * kChunk;
-          const uint32_t any_bad = row_chunk(zf, yf, d, fc.weight.data() + j0, fc.eta.data() + j0,
-                                             fc.keep_p.data() + j0, fc.pos_kept.data() + j0, prm.pos_threshold,
-                                             gscale, n, gf, lf);
-          if (any_bad)
-            for (int64_t k = 0; k < n; ++k)
-              if (!ssl_target_valid(yf[k])) {
-                keep_first(bad[g - g_begin], off + k, static_cast<double>(yf[k]));
-                break;
-              }
-          if constexpr (!std::is_same_v<scalar_t, float>) {
-            if (grad)
-              for (int64_t k = 0; k < n; ++k) grad[off + k] = static_cast<scalar_t>(gf[k]);
-            if (none)
-              for (int64_t k = 0; k < n; ++k) loss_elem[off + k] = static_cast<scalar_t>(lf[k]);
+struct RowGroupArgs {
+  const scalar_t* z;
+  const target_t* y;
+  scalar_t* grad;       // nullptr unless compute_grad
+  scalar_t* loss_elem;  // nullptr unless reduction "none"
+  SslParams prm;
+  at::opmath_type<scalar_t> gscale;
+
+  RowGroupArgs(const SslProblem& prob, SslOutputs& out)
+      : z(prob.logits.const_data_ptr<scalar_t>()),
+        y(prob.targets.const_data_ptr<target_t>()),
+        grad(prob.compute_grad ? out.grad.mutable_data_ptr<scalar_t>() : nullptr),
+        loss_elem(prob.prm.reduction == SslReduction::kNone ? out.loss.mutable_data_ptr<scalar_t>() : nullptr),
+        prm(prob.prm),
+        gscale(static_cast<at::opmath_type<scalar_t>>(ssl_scale(prob.prm))) {}
+};
+
+// Local rows r0 .. r1 of row group g (float32 math): chunk by chunk, the draws, then each row.
+// sums[r - r0] gets row r's loss sum unless the reduction is "none"; bad the first invalid target.
+template <typename scalar_t, typename target_t>
+void float_row_group(const RowGroupArgs<scalar_t, target_t>& a, const FloatClasses& fc, int64_t g, int64_t r0,
+                     int64_t r1, double* sums, BadTarget& bad) {
+  constexpr bool kFloat = std::is_same_v<scalar_t, float>;
+  const int64_t C = a.prm.C;
+  alignas(64) uint32_t draws[4][kChunk] = {};
+  alignas(64) float zbuf[kChunk], ybuf[kChunk], gbuf[kChunk], lbuf[kChunk];
+  for (int64_t j0 = 0; j0 < C; j0 += kChunk) {
+    const int64_t n = std::min(kChunk, C - j0);
+    if (fc.any_draw) chunk_draws(g, j0, n, a.prm, draws[0], draws[1], draws[2], draws[3]);
+    for (int64_t i = r0; i < r1; ++i) {
+      const int64_t off = i * C + j0;
+      const float* zf = as_float_chunk(a.z + off, n, zbuf);
+      const float* yf = as_float_chunk(a.y + off, n, ybuf);
+      // float32 outputs are written in place; others go through the buffers.
+      float* gf = kFloat && a.grad ? reinterpret_cast<float*>(a.grad + off) : gbuf;
+      float* lf = kFloat && a.loss_elem ? reinterpret_cast<float*>(a.loss_elem + off) : lbuf;
+      const uint32_t any_bad = row_chunk(zf, yf, draws[(i + a.prm.row_start) & 3], fc.weight.data() + j0,
+                                         fc.eta.data() + j0, fc.keep_p.data() + j0, fc.pos_kept.data() + j0,
+                                         a.prm.pos_threshold, a.gscale, n, gf, lf);
+      if (any_bad)
+        for (int64_t k = 0; k < n; ++k)
+          if (!ssl_target_valid(yf[k])) {
+            keep_first(bad, off + k, static_cast<double>(yf[k]));
+            break;
           }
-          if (!none) sums[i - r0] += chunk_sum(lf, n);
-        }
+      if constexpr (!kFloat) {
+        if (a.grad)
+          for (int64_t k = 0; k < n; ++k) a.grad[off + k] = static_cast<scalar_t>(gf[k]);
+        if (a.loss_elem)
+          for (int64_t k = 0; k < n; ++k) a.loss_elem[off + k] = static_cast<scalar_t>(lf[k]);
       }
-      if (!none)
-        for (int64_t i = r0; i < r1; ++i) row_sum[i] = sums[i - r0];
+      if (!a.loss_elem) sums[i - r0] += chunk_sum(lf, n);
     }
-  });
+  }
 }
 
 // --- float64 path ---------------------------------------------------------------------------
 
+// The same for float64 logits, entry by entry through ssl_element.
 template <typename target_t>
-void forward_double_rows(const SslProblem& prob, const std::vector<SslClass<double>>& cls, SslOutputs& out,
-                         std::vector<double>& row_sum, std::vector<BadTarget>& bad) {
-  const SslParams& prm = prob.prm;
+void double_row_group(const RowGroupArgs<double, target_t>& a, const std::vector<SslClass<double>>& cls, int64_t g,
+                      int64_t r0, int64_t r1, double* sums, BadTarget& bad) {
+  const int64_t C = a.prm.C;
+  for (int64_t j = 0; j < C; ++j) {
+    const SslClass<double>& c = cls[j];
+    const Philox4x32 draws = c.needs_draw ? ssl_entry_draws(g, j, a.prm) : Philox4x32{{0, 0, 0, 0}};
+    for (int64_t i = r0; i < r1; ++i) {
+      const int64_t k = i * C + j;
+      const double yv = static_cast<double>(a.y[k]);
+      if (!ssl_target_valid(yv)) keep_first(bad, k, yv);
+      const SslElement<double> e = ssl_element(a.z[k], yv, draws.v[(i + a.prm.row_start) & 3], c, a.prm.pos_threshold);
+      if (a.grad) a.grad[k] = e.grad * a.gscale;
+      if (a.loss_elem) a.loss_elem[k] = e.loss;
+      else sums[i - r0] += e.loss;
+    }
+  }
+}
+
+// Runs group(g, r0, r1, sums, bad) over the groups of four global rows (the unit a Philox call
+// serves, see the header) in parallel, then adds the row sums in row order, so the result does
+// not depend on the number of threads. Raises on the first invalid target.
+template <typename F>
+double for_row_groups(const SslParams& prm, F&& group) {
   const int64_t B = prm.B, C = prm.C;
-  const double* z = prob.logits.const_data_ptr<double>();
-  const target_t* y = prob.targets.const_data_ptr<target_t>();
-  const bool none = prm.reduction == SslReduction::kNone;
-  double* grad = prob.compute_grad ? out.grad.mutable_data_ptr<double>() : nullptr;
-  double* loss_elem = none ? out.loss.mutable_data_ptr<double>() : nullptr;
-  const double gscale = ssl_scale(prm);
   const int64_t g_begin = prm.row_start >> 2, g_end = (prm.row_start + B + 3) >> 2;
+  std::vector<double> row_sum(B, 0.0);
+  std::vector<BadTarget> bad(g_end - g_begin);
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(4 * C, 1));
   at::parallel_for(g_begin, g_end, grain, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
       const int64_t r0 = std::max<int64_t>(4 * g, prm.row_start) - prm.row_start;
       const int64_t r1 = std::min<int64_t>(4 * g + 4, prm.row_start + B) - prm.row_start;
-      double sums[4] = {0, 0, 0, 0};
-      for (int64_t j = 0; j < C; ++j) {
-        const SslClass<double>& c = cls[j];
-        const Philox4x32 draws = c.needs_draw ? ssl_entry_draws(g, j, prm) : Philox4x32{{0, 0, 0, 0}};
-        for (int64_t i = r0; i < r1; ++i) {
-          const int64_t k = i * C + j;
-          const double yv = static_cast<double>(y[k]);
-          if (!ssl_target_valid(yv)) keep_first(bad[g - g_begin], k, yv);
-          const SslElement<double> e = ssl_element(z[k], yv, draws.v[(i + prm.row_start) & 3], c, prm.pos_threshold);
-          if (grad) grad[k] = e.grad * gscale;
-          if (none) loss_elem[k] = e.loss;
-          else sums[i - r0] += e.loss;
-        }
-      }
-      if (!none)
-        for (int64_t i = r0; i < r1; ++i) row_sum[i] = sums[i - r0];
+      group(g, r0, r1, row_sum.data() + r0, bad[g - g_begin]);
     }
   });
+  BadTarget first;
+  for (const auto& b : bad)
+    if (b.index >= 0) keep_first(first, b.index, b.value);
+  if (first.index >= 0) raise_bad_target(first.value);
+  double total = 0;
+  for (double s : row_sum) total += s;
+  return total;
 }
 
 template <typename scalar_t, typename target_t>
 void forward_cpu_impl(const SslProblem& prob, SslOutputs& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const SslParams& prm = prob.prm;
-  const int64_t B = prm.B, C = prm.C;
+  const int64_t C = prm.C;
   const int32_t* counts = prob.counts.const_data_ptr<int32_t>();
   const acc_t* cw = prob.class_weight.const_data_ptr<acc_t>();
   const acc_t* pw = prob.pos_weight.const_data_ptr<acc_t>();
-  const bool none = prm.reduction == SslReduction::kNone;
 
   std::vector<SslClass<acc_t>> cls(C);
   bool* kept = out.kept.mutable_data_ptr<bool>();
@@ -317,21 +325,19 @@ void forward_cpu_impl(const SslProblem& prob, SslOutputs& out) {
     }
   });
 
-  std::vector<double> row_sum(none ? 0 : B, 0.0);
-  std::vector<BadTarget> bad(((prm.row_start + B + 3) >> 2) - (prm.row_start >> 2));
-  if constexpr (std::is_same_v<acc_t, float>)
-    forward_float_rows<scalar_t, target_t>(prob, cls, out, row_sum, bad);
-  else
-    forward_double_rows<target_t>(prob, cls, out, row_sum, bad);
-  BadTarget first;
-  for (const auto& b : bad)
-    if (b.index >= 0) keep_first(first, b.index, b.value);
-  if (first.index >= 0) raise_bad_target(first.value);
-  if (!none) {
-    double total = 0;
-    for (double s : row_sum) total += s;
-    out.loss.fill_(total * ssl_scale(prm));
+  const RowGroupArgs<scalar_t, target_t> args(prob, out);
+  double total;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    const FloatClasses fc = float_classes(cls);
+    total = for_row_groups(prm, [&](int64_t g, int64_t r0, int64_t r1, double* sums, BadTarget& bad) {
+      float_row_group(args, fc, g, r0, r1, sums, bad);
+    });
+  } else {
+    total = for_row_groups(prm, [&](int64_t g, int64_t r0, int64_t r1, double* sums, BadTarget& bad) {
+      double_row_group(args, cls, g, r0, r1, sums, bad);
+    });
   }
+  if (prm.reduction != SslReduction::kNone) out.loss.fill_(total * ssl_scale(prm));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& logits, const at::Tensor& targets,
