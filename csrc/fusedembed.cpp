@@ -49,7 +49,8 @@ TORCH_LIBRARY(fusedembed, m) {
   // negatives (the other entries that are not -1).
   m.def("sampled_sigmoid_loss_counts(Tensor targets, float pos_threshold) -> Tensor");
   // One pass given those counts: (loss, grad_logits or an empty tensor unless compute_grad,
-  // kept (C,) bool columns). Keep decisions from Philox keyed by (seed, offset, class, row_start + row).
+  // kept (C,) bool columns). Keep decisions from Philox keyed by (seed, offset, class,
+  // row_start + row). The autograd backward may rescale grad_logits in place.
   m.def("sampled_sigmoid_loss(Tensor logits, Tensor targets, Tensor counts, Tensor class_weight, "
         "Tensor pos_weight, float pos_threshold, float? neg_ratio, float empty_keep, int seed, int offset, "
         "int row_start, str reduction, bool compute_grad) -> (Tensor, Tensor, Tensor)");
