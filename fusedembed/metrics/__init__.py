@@ -5,9 +5,10 @@ Ties between equal scores are broken pessimistically by default (``ties="pessimi
 non-matching item with the same score ranks first), so constant embeddings score at chance
 level or below, never perfect; ``ties="optimistic"`` gives the other bound.
 
-* retrieval: ``retrieval_metrics(img, txt, txt_to_img, ks=(1, 5, 10), ties, median, block)``,
-  ``coco_retrieval(img, txt, txt_to_img, folds=5, ...)``, ``retrieval_ranks``,
-  ``target_ranks``, ``recall_summary(ranks, ks, median, prefix)``
+* retrieval: ``retrieval_metrics(img, txt, txt_to_img, ks=(1, 5, 10), ties, median, block,
+  image_labels=None)``, ``coco_retrieval(img, txt, txt_to_img, folds=5, ...)``,
+  ``retrieval_ranks``, ``target_ranks``, ``label_ranks(queries, gallery, query_labels,
+  gallery_labels)``, ``recall_summary(ranks, ks, median, prefix)``
 * multi-label: ``multilabel_topk(scores, targets, ks=(5, 10), threshold=0.5, ties)``,
   ``multilabel_map(scores, targets, threshold=0.5, ties)``
 * instance retrieval: ``holidays_map(emb, groups, queries=None, ap="trapezoid")``,
@@ -19,11 +20,11 @@ level or below, never perfect; ``ties="optimistic"`` gives the other bound.
 from .alignment import alignment_metrics
 from .instance import copy_recall, holidays_map, instance_map, trapezoid_ap, ukbench_score
 from .multilabel import average_precision, multilabel_map, multilabel_topk
-from .retrieval import (coco_retrieval, recall_summary, retrieval_metrics, retrieval_ranks,
-                        target_ranks)
+from .retrieval import (coco_retrieval, label_ranks, recall_summary, retrieval_metrics,
+                        retrieval_ranks, target_ranks)
 
 __all__ = [
     "alignment_metrics", "copy_recall", "holidays_map", "instance_map", "trapezoid_ap",
     "ukbench_score", "average_precision", "multilabel_map", "multilabel_topk",
-    "coco_retrieval", "recall_summary", "retrieval_metrics", "retrieval_ranks", "target_ranks",
+    "coco_retrieval", "label_ranks", "recall_summary", "retrieval_metrics", "retrieval_ranks", "target_ranks",
 ]

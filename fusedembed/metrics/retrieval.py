@@ -5,7 +5,8 @@ in row blocks of at most ``block`` entries, on the embeddings' device (GPU when 
 there), so 5K images × 25K captions never hold the full matrix.
 
 Ranks are 1-based. i2t: an image's rank is that of its best-ranked caption; t2i: a caption's
-rank is that of its image. Ties (equal scores, compared exactly): ``"pessimistic"`` (default)
+rank is that of its image — or, given identity labels (person search), of the best-ranked image
+of its identity (``label_ranks``: the best-ranked item sharing the query's label). Ties (equal scores, compared exactly): ``"pessimistic"`` (default)
 ranks every non-matching item with the same score before the match — so a collapsed model
 whose scores are all equal gets the worst rank, not R@1 = 100 — ``"optimistic"`` after it.
 Other captions of the same image never count against an image's best caption.
@@ -29,52 +30,68 @@ def _mapping(txt_to_img, num_txt, num_img, device):
     return g
 
 
-def target_ranks(queries, gallery, targets, ties: str = "pessimistic",
-                 block: int = DEFAULT_BLOCK) -> torch.Tensor:
-    """1-based rank of ``gallery[targets[q]]`` in the ranking of query q (t2i, copies)."""
+def _labels(labels, count: int, name: str, device) -> torch.Tensor:
+    x = torch.as_tensor(labels, device=device).reshape(-1)
+    if x.numel() != count:
+        raise ValueError(f"{name} has {x.numel()} entries for {count} items")
+    return x
+
+
+def label_ranks(queries, gallery, query_labels, gallery_labels, ties: str = "pessimistic",
+                block: int = DEFAULT_BLOCK) -> torch.Tensor:
+    """1-based rank, in query q's ranking of the gallery, of the best-ranked item that shares
+    q's label: every item with the label is a match, the others are what can rank ahead."""
     check_ties(ties)
     q = embeddings(queries, "queries")
     g = embeddings(gallery, "gallery").to(q.device)
     if q.shape[1] != g.shape[1]:
         raise ValueError(f"query dim {q.shape[1]} != gallery dim {g.shape[1]}")
-    t = _mapping(targets, len(q), len(g), q.device)
+    ql = _labels(query_labels, len(q), "query_labels", q.device)
+    gl = _labels(gallery_labels, len(g), "gallery_labels", q.device)
     out = torch.empty(len(q), dtype=torch.long, device=q.device)
     step = rows_per_block(len(g), block)
     for a in range(0, len(q), step):
         s = q[a:a + step] @ g.T
-        own = s.gather(1, t[a:a + step, None])
-        # Pessimistic: every other item scoring >= the target is ahead (the target itself is
-        # one of the >=); optimistic: only those strictly above.
-        out[a:a + step] = ((s >= own).count_nonzero(1) if ties == "pessimistic"
-                           else 1 + (s > own).count_nonzero(1))
+        match = ql[a:a + step, None] == gl[None, :]
+        lonely = (~match.any(1)).nonzero()
+        if len(lonely):
+            k = a + int(lonely[0])
+            raise ValueError(f"query {k} has no gallery item with its label {ql[k].item()}")
+        best = s.masked_fill(~match, float("-inf")).amax(1, keepdim=True)
+        # Pessimistic: a non-match scoring equal to the best match is ahead of it; optimistic:
+        # only those strictly above.
+        ahead = (s >= best) if ties == "pessimistic" else (s > best)
+        out[a:a + step] = 1 + (ahead & ~match).count_nonzero(1)
     return out.cpu()
 
 
-def retrieval_ranks(img, txt, txt_to_img, ties: str = "pessimistic",
-                    block: int = DEFAULT_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """(i2t ranks (N,), t2i ranks (M,)), 1-based, on CPU."""
-    check_ties(ties)
-    img, txt = embeddings(img, "img"), embeddings(txt, "txt").to(img.device)
+def target_ranks(queries, gallery, targets, ties: str = "pessimistic",
+                 block: int = DEFAULT_BLOCK) -> torch.Tensor:
+    """1-based rank of ``gallery[targets[q]]`` in the ranking of query q (t2i, copies)."""
+    n = len(embeddings(gallery, "gallery"))
+    t = _mapping(targets, len(embeddings(queries, "queries")), n, "cpu")
+    return label_ranks(queries, gallery, t, torch.arange(n), ties, block)
+
+
+def retrieval_ranks(img, txt, txt_to_img, ties: str = "pessimistic", block: int = DEFAULT_BLOCK,
+                    image_labels=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(i2t ranks (N,), t2i ranks (M,)), 1-based, on CPU.
+
+    image_labels: (N,) identity of each image (person search, CUHK-PEDES): a caption then
+    matches every image of its image's identity, and an image every caption of its identity.
+    By default an image matches only its own captions and a caption only its image.
+    """
+    img, txt = embeddings(img, "img"), embeddings(txt, "txt")
     if img.shape[1] != txt.shape[1]:
         raise ValueError(f"img dim {img.shape[1]} != txt dim {txt.shape[1]}")
-    g = _mapping(txt_to_img, len(txt), len(img), img.device)
+    g = _mapping(txt_to_img, len(txt), len(img), "cpu")
     has = torch.bincount(g, minlength=len(img))
     if (has == 0).any():
         raise ValueError(f"image {int((has == 0).nonzero()[0])} has no caption")
-    i2t = torch.empty(len(img), dtype=torch.long, device=img.device)
-    step = rows_per_block(len(txt), block)
-    for a in range(0, len(img), step):
-        s = img[a:a + step] @ txt.T
-        # This block's positive (image, caption) entries; captions of other images are the
-        # negatives. One (rows, M) score matrix and one boolean comparison at a time.
-        cols = ((g >= a) & (g < a + len(s))).nonzero().reshape(-1)
-        rows = g[cols] - a
-        best = torch.full((len(s),), float("-inf"), dtype=s.dtype, device=s.device)
-        best.scatter_reduce_(0, rows, s[rows, cols], reduce="amax")
-        s[rows, cols] = float("-inf")                 # now only negatives can be ahead
-        ahead = s >= best[:, None] if ties == "pessimistic" else s > best[:, None]
-        i2t[a:a + step] = 1 + ahead.count_nonzero(1)
-    return i2t.cpu(), target_ranks(txt, img, g, ties, block)
+    labels = torch.arange(len(img)) if image_labels is None else _labels(image_labels, len(img), "image_labels",
+                                                                         "cpu")
+    return (label_ranks(img, txt, labels, labels[g], ties, block),
+            label_ranks(txt, img, labels[g], labels, ties, block))
 
 
 def recall_summary(ranks, ks=(1, 5, 10), median: str = "floor", prefix: str = "") -> dict:
@@ -102,9 +119,10 @@ def recall_summary(ranks, ks=(1, 5, 10), median: str = "floor", prefix: str = ""
 
 
 def retrieval_metrics(img, txt, txt_to_img, ks=(1, 5, 10), ties: str = "pessimistic",
-                      median: str = "floor", block: int = DEFAULT_BLOCK) -> dict:
-    """i2t_r1, i2t_r5, i2t_r10, i2t_medr, i2t_meanr, the same for t2i, and rsum."""
-    i2t, t2i = retrieval_ranks(img, txt, txt_to_img, ties, block)
+                      median: str = "floor", block: int = DEFAULT_BLOCK, image_labels=None) -> dict:
+    """i2t_r1, i2t_r5, i2t_r10, i2t_medr, i2t_meanr, the same for t2i, and rsum
+    (``image_labels``: see :func:`retrieval_ranks`)."""
+    i2t, t2i = retrieval_ranks(img, txt, txt_to_img, ties, block, image_labels)
     out = recall_summary(i2t, ks, median, "i2t_") | recall_summary(t2i, ks, median, "t2i_")
     out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks)
     return out

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusedembed.metrics import (coco_retrieval, recall_summary, retrieval_metrics,
+from fusedembed.metrics import (coco_retrieval, label_ranks, recall_summary, retrieval_metrics,
                                 retrieval_ranks, target_ranks)
 from fusedembed.testing import cpu_and_cuda
 
@@ -71,6 +71,44 @@ def test_matches_brute_force_on_random_data(ties, integer):
     for block in (1, 7, 1 << 20):          # blocks of 1 row, a few rows, everything
         i2t, t2i = retrieval_ranks(img, txt, g, ties=ties, block=block)
         assert i2t.tolist() == want_i2t and t2i.tolist() == want_t2i
+
+
+def brute_label_ranks(queries, gallery, ql, gl, ties):
+    """Sort each ranking with an explicit tie key; 1-based position of the first item that
+    shares the query's label."""
+    s = (queries.double() @ gallery.double().T).numpy()
+    tie = 1 if ties == "pessimistic" else -1
+    out = []
+    for q in range(len(queries)):
+        order = sorted(range(len(gallery)), key=lambda i: (-s[q, i], tie * int(gl[i] == ql[q])))
+        out.append(1 + min(p for p, i in enumerate(order) if gl[i] == ql[q]))
+    return out
+
+
+@pytest.mark.parametrize("ties", ["pessimistic", "optimistic"])
+def test_identity_labels_match_brute_force(ties):
+    # Person search: 23 images of 6 people; a caption matches any image of its person.
+    gen = torch.Generator().manual_seed(2)
+    n, dim = 23, 4
+    person = torch.randint(0, 6, (n,), generator=gen)
+    g = torch.cat([torch.arange(n), torch.randint(0, n, (30,), generator=gen)])
+    img = torch.randint(-1, 2, (n, dim), generator=gen).float()      # many exact ties
+    txt = torch.randint(-1, 2, (len(g), dim), generator=gen).float()
+    for block in (1, 7, 1 << 20):
+        i2t, t2i = retrieval_ranks(img, txt, g, ties=ties, block=block, image_labels=person)
+        assert i2t.tolist() == brute_label_ranks(img, txt, person, person[g], ties)
+        assert t2i.tolist() == brute_label_ranks(txt, img, person[g], person, ties)
+    by_image = retrieval_metrics(img, txt, g, ties=ties)
+    by_person = retrieval_metrics(img, txt, g, ties=ties, image_labels=person)
+    assert by_person["t2i_r1"] >= by_image["t2i_r1"] and by_person["i2t_r1"] >= by_image["i2t_r1"]
+    assert label_ranks(txt, img, g, torch.arange(n), ties).tolist() == target_ranks(txt, img, g, ties).tolist()
+
+
+def test_label_ranks_errors():
+    with pytest.raises(ValueError, match="query 1 has no gallery item with its label 5"):
+        label_ranks(torch.ones(2, 2), torch.ones(3, 2), [0, 5], [0, 1, 1])
+    with pytest.raises(ValueError, match="image_labels has 2 entries for 3 items"):
+        retrieval_ranks(torch.ones(3, 2), torch.ones(3, 2), [0, 1, 2], image_labels=[0, 1])
 
 
 def test_recall_summary_and_medians():

@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
-from fusedembed.data import Vocab
+from fusedembed.data import Vocab, collate
 from fusedembed_dualpath.evaluator import RetrievalEvaluator
 from fusedembed_dualpath.report import chance_metrics, table
 
@@ -23,6 +24,25 @@ def test_evaluator_metrics_on_a_hand_made_case():
     assert coco["1k_t2i_r1"] == coco["5k_t2i_r1"] == pytest.approx(75.0)
     with pytest.raises(ValueError, match="protocol must be one of .* got 'flickr'"):
         RetrievalEvaluator(protocol="flickr")
+
+
+def test_identity_protocol_counts_any_image_of_the_person():
+    # Images 0 and 1 show person 7, image 2 person 9. Caption 0 (of image 0) looks most like
+    # image 1: a miss by image, a hit by identity; caption 2 (person 9) stays a miss.
+    img = torch.eye(3)
+    txt = torch.tensor([[0.4, 1.0, 0], [0, 1.0, 0.2], [1.0, 0, 0.5]])
+    g = torch.tensor([0, 1, 2])
+    by_image = RetrievalEvaluator().metrics(img, txt, g)
+    by_person = RetrievalEvaluator(protocol="identity").metrics(img, txt, g, image_labels=torch.tensor([7, 7, 9]))
+    assert by_image["t2i_r1"] == pytest.approx(100 / 3)
+    assert by_person["t2i_r1"] == pytest.approx(200 / 3) and by_person["t2i_r5"] == 100.0
+    # i2t: image 0's best caption of person 7 (caption 0, 0.4) ranks behind caption 2 (1.0);
+    # images 1 and 2 rank a caption of their person first.
+    assert by_person["i2t_r1"] == pytest.approx(200 / 3)
+    with pytest.raises(ValueError, match="protocol 'identity' needs the images' identities"):
+        RetrievalEvaluator(protocol="identity").metrics(img, txt, g)
+    with pytest.raises(TypeError, match="protocol 'identity' needs a dataset with per-image identities"):
+        RetrievalEvaluator(protocol="identity")(None, DataLoader([1, 2]), device="cpu")
 
 
 def test_chance_is_the_exact_expectation():
@@ -102,3 +122,28 @@ def test_cuhk_pedes_instance_is_the_identity(regs, tmp_path):
     with pytest.raises(ValueError, match="no records of split 'test'"):
         regs.build("dataset", {"name": "cuhk_pedes", "json_path": str(tmp_path / "reid_raw.json"),
                                "image_root": str(tmp_path / "imgs")}, split="test")
+
+
+def test_identity_protocol_reads_the_pedes_identities(regs, tmp_path):
+    # A model whose embeddings are all equal: pessimistic ties put every non-match first, so a
+    # caption's rank is 1 + the images not counted as its match: 3 by image, 2 by person.
+    names = [f"p{i}.png" for i in range(4)]
+    _images(tmp_path / "imgs", names)
+    records = [{"split": "test", "file_path": n, "id": pid, "captions": [f"a man in a red coat {i}"]}
+               for i, (n, pid) in enumerate(zip(names, [11, 11, 42, 42]))]
+    (tmp_path / "reid_raw.json").write_text(json.dumps(records))
+    data = regs.build("dataset", {"name": "cuhk_pedes", "json_path": str(tmp_path / "reid_raw.json"),
+                                  "image_root": str(tmp_path / "imgs"), "image_size": 16, "view": "pair"},
+                      split="test")
+
+    class Constant(torch.nn.Module):
+        def forward(self, batch):
+            key, n = ("image", len(batch["image"])) if "image" in batch else ("text", len(batch["tokens"]))
+            return {f"{key}_embedding": torch.ones(n, 4)}
+
+    model = Constant()
+    loader = DataLoader(data, batch_size=2, collate_fn=collate)
+    by_person = RetrievalEvaluator(protocol="identity", ks=(2, 3))(model, loader, device="cpu")
+    by_image = RetrievalEvaluator(ks=(3, 4))(model, loader, device="cpu")
+    assert by_person["t2i_r3"] == 100.0 and by_person["t2i_r2"] == 0.0
+    assert by_image["t2i_r4"] == 100.0 and by_image["t2i_r3"] == 0.0

@@ -48,7 +48,8 @@ def fusedembed_register_datasets(register):
 @fusedembed.hookimpl
 def fusedembed_register_evaluators(register):
     register("dualpath_retrieval", RetrievalEvaluator,
-             description="image<->text R@1/5/10, median rank, rsum; COCO 1K and 5K")
+             description="image<->text R@1/5/10, median rank, rsum; COCO 1K and 5K; "
+                         "person search by identity")
 
 
 @fusedembed.hookimpl
