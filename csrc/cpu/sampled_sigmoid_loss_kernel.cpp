@@ -100,11 +100,12 @@ at::Tensor counts_cpu(const at::Tensor& targets, double pos_threshold) {
 // The class decisions as arrays. An entry is kept when (pos_kept[j] and y >= pos_threshold) or
 // its draw u < keep_p[j]: keep_p is the negative keep probability of a class with a positive
 // and 1 or 0 (kept column or not) for a class without one. u is in [0, 1), so 1 and 0 decide
-// whatever the draw, and columns that need no draw may read any.
+// whatever the draw, and columns that need no draw may read any: only draw_cols (ascending)
+// get Philox calls.
 struct FloatClasses {
   std::vector<float> weight, eta, keep_p;
   std::vector<uint32_t> pos_kept;
-  bool any_draw = false;
+  std::vector<int64_t> draw_cols;
 };
 
 FloatClasses float_classes(const std::vector<SslClass<float>>& cls) {
@@ -116,16 +117,17 @@ FloatClasses float_classes(const std::vector<SslClass<float>>& cls) {
     f.eta[j] = c.eta;
     f.keep_p[j] = c.has_pos ? c.keep_neg : (c.keep_column ? 1.0f : 0.0f);
     f.pos_kept[j] = c.has_pos;
-    f.any_draw |= c.needs_draw;
+    if (c.needs_draw) f.draw_cols.push_back(static_cast<int64_t>(j));
   }
   return f;
 }
 
-// The four Philox words of row group g for columns j0 .. j0 + n.
-FUSEDEMBED_HOT void chunk_draws(int64_t g, int64_t j0, int64_t n, const SslParams prm, uint32_t* __restrict d0,
-                                uint32_t* __restrict d1, uint32_t* __restrict d2, uint32_t* __restrict d3) {
+// The four Philox words of row group g for columns cols[0 .. n).
+FUSEDEMBED_HOT void column_draws(int64_t g, const int64_t* __restrict cols, int64_t n, const SslParams prm,
+                                 uint32_t* __restrict d0, uint32_t* __restrict d1, uint32_t* __restrict d2,
+                                 uint32_t* __restrict d3) {
   for (int64_t k = 0; k < n; ++k) {
-    const Philox4x32 r = ssl_entry_draws(g, j0 + k, prm);
+    const Philox4x32 r = ssl_entry_draws(g, cols[k], prm);
     d0[k] = r.v[0];
     d1[k] = r.v[1];
     d2[k] = r.v[2];
@@ -227,11 +229,24 @@ void float_row_group(const RowGroupArgs<scalar_t, target_t>& a, const FloatClass
                      int64_t r1, double* sums, BadTarget& bad) {
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   const int64_t C = a.prm.C;
-  alignas(64) uint32_t draws[4][kChunk] = {};
+  alignas(64) uint32_t draws[4][kChunk] = {}, sparse[4][kChunk];
   alignas(64) float zbuf[kChunk], ybuf[kChunk], gbuf[kChunk], lbuf[kChunk];
+  const int64_t* next = fc.draw_cols.data();
+  const int64_t* const last = next + fc.draw_cols.size();
   for (int64_t j0 = 0; j0 < C; j0 += kChunk) {
     const int64_t n = std::min(kChunk, C - j0);
-    if (fc.any_draw) chunk_draws(g, j0, n, a.prm, draws[0], draws[1], draws[2], draws[3]);
+    // This chunk's columns that need draws: all of them (computed in place) or some (computed
+    // packed, then spread to their columns).
+    const int64_t* end = std::lower_bound(next, last, j0 + n);
+    const int64_t m = end - next;
+    if (m == n) {
+      column_draws(g, next, n, a.prm, draws[0], draws[1], draws[2], draws[3]);
+    } else if (m > 0) {
+      column_draws(g, next, m, a.prm, sparse[0], sparse[1], sparse[2], sparse[3]);
+      for (int64_t k = 0; k < m; ++k)
+        for (int w = 0; w < 4; ++w) draws[w][next[k] - j0] = sparse[w][k];
+    }
+    next = end;
     for (int64_t i = r0; i < r1; ++i) {
       const int64_t off = i * C + j0;
       const float* zf = as_float_chunk(a.z + off, n, zbuf);
