@@ -8,8 +8,12 @@ Implementations (each computes the loss and d loss / d logits):
                             no sampling: the plain loss the fused op has to beat
   composite_eager / _compile  the paper's rules written with PyTorch ops: per-class counts,
                             negative down-sampling and column keeps from torch.rand, class weights
-  fusedembed                fusedembed.ops.sampled_sigmoid_loss (counts + one fused pass)
-The GB/s column uses the memory floor: read logits and targets once, write the gradient once.
+  fusedembed                fusedembed.ops.sampled_sigmoid_loss (counts + one fused pass; backward
+                            adds nothing when grad_output is 1)
+  part:counts / part:forward  where fusedembed's time goes: the per-class counts alone, and the
+                            fused pass alone (loss and gradient, no autograd)
+The GB/s column uses the memory floor: read logits and targets once, write the gradient once
+(for the part: rows it is that floor over the part's time, not the part's own traffic).
 0.1% positives, neg_ratio 5, empty_keep 0.1, as in the paper.
 """
 
@@ -23,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import Case, parser, run_cases  # noqa: E402
 
 from fusedembed.ops import sampled_sigmoid_loss  # noqa: E402
+from fusedembed.ops.sampled_sigmoid_loss import sampled_sigmoid_loss_counts  # noqa: E402
 
 FULL_SHAPES = [(256, 11166), (4096, 11166), (1024, 100000)]
 QUICK_SHAPES = [(64, 1000), (256, 11166)]
@@ -59,6 +64,14 @@ def fwd_bwd(loss_fn, z, *args):
     return run
 
 
+def fused_pass(z, y, w):
+    """The fused pass alone: given counts, loss and gradient, as the autograd forward runs it."""
+    counts = sampled_sigmoid_loss_counts(y, THRESHOLD)
+    pw = torch.tensor(POS_WEIGHT, device=z.device)
+    return lambda: torch.ops.fusedembed.sampled_sigmoid_loss(z, y, counts, w, pw, THRESHOLD, NEG_RATIO, EMPTY_KEEP,
+                                                            1, 0, 0, "mean", True)
+
+
 def make_cases(args):
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     dev = args.device
@@ -89,6 +102,8 @@ def make_cases(args):
                     "composite_eager": fwd_bwd(composite_loss, z, y, w),
                     "composite_compile": fwd_bwd(compiled_composite, z, y, w),
                     "fusedembed": fwd_bwd(fused, z, y, w),
+                    "part:counts": lambda y=y: sampled_sigmoid_loss_counts(y, THRESHOLD),
+                    "part:forward": fused_pass(z.detach(), y, w),
                 },
                 bytes_moved=floor,
                 params={"B": B, "C": C, "dtype": str(dtype).replace("torch.", "")},
