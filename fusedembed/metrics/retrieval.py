@@ -6,9 +6,10 @@ there), so 5K images × 25K captions never hold the full matrix.
 
 Ranks are 1-based. i2t: an image's rank is that of its best-ranked caption; t2i: a caption's
 rank is that of its image — or, given identity labels (person search), of the best-ranked image
-of its identity (``label_ranks``: the best-ranked item sharing the query's label). Ties (equal scores, compared exactly): ``"pessimistic"`` (default)
-ranks every non-matching item with the same score before the match — so a collapsed model
-whose scores are all equal gets the worst rank, not R@1 = 100 — ``"optimistic"`` after it.
+of its identity (``label_ranks``: the best-ranked item sharing the query's label). Ties (equal
+scores, compared exactly): ``"pessimistic"`` (default) ranks every non-matching item with the
+same score before the match — so a collapsed model whose scores are all equal gets the worst
+rank, not R@1 = 100 — ``"optimistic"`` after it.
 Other captions of the same image never count against an image's best caption.
 
 Values: recalls in percent, ranks in positions; ``rsum`` = sum of the six recalls.
@@ -37,26 +38,17 @@ def _labels(labels, count: int, name: str, device) -> torch.Tensor:
     return x
 
 
-def label_ranks(queries, gallery, query_labels, gallery_labels, ties: str = "pessimistic",
-                block: int = DEFAULT_BLOCK) -> torch.Tensor:
-    """1-based rank, in query q's ranking of the gallery, of the best-ranked item that shares
-    q's label: every item with the label is a match, the others are what can rank ahead."""
-    check_ties(ties)
-    q = embeddings(queries, "queries")
-    g = embeddings(gallery, "gallery").to(q.device)
-    if q.shape[1] != g.shape[1]:
-        raise ValueError(f"query dim {q.shape[1]} != gallery dim {g.shape[1]}")
-    ql = _labels(query_labels, len(q), "query_labels", q.device)
-    gl = _labels(gallery_labels, len(g), "gallery_labels", q.device)
+def _ranks(q, g, ql, gl, ties, block) -> torch.Tensor:
+    """label_ranks on checked embeddings q, g (one device) and labels ql, gl (on it too)."""
+    lonely = (~torch.isin(ql, gl)).nonzero()
+    if len(lonely):
+        k = int(lonely[0])
+        raise ValueError(f"query {k} has no gallery item with its label {ql[k].item()}")
     out = torch.empty(len(q), dtype=torch.long, device=q.device)
     step = rows_per_block(len(g), block)
     for a in range(0, len(q), step):
         s = q[a:a + step] @ g.T
         match = ql[a:a + step, None] == gl[None, :]
-        lonely = (~match.any(1)).nonzero()
-        if len(lonely):
-            k = a + int(lonely[0])
-            raise ValueError(f"query {k} has no gallery item with its label {ql[k].item()}")
         best = s.masked_fill(~match, float("-inf")).amax(1, keepdim=True)
         # Pessimistic: a non-match scoring equal to the best match is ahead of it; optimistic:
         # only those strictly above.
@@ -65,12 +57,31 @@ def label_ranks(queries, gallery, query_labels, gallery_labels, ties: str = "pes
     return out.cpu()
 
 
+def _pair(queries, gallery, qname: str, gname: str) -> tuple[torch.Tensor, torch.Tensor]:
+    q = embeddings(queries, qname)
+    g = embeddings(gallery, gname).to(q.device)
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"{qname} dim {q.shape[1]} != {gname} dim {g.shape[1]}")
+    return q, g
+
+
+def label_ranks(queries, gallery, query_labels, gallery_labels, ties: str = "pessimistic",
+                block: int = DEFAULT_BLOCK) -> torch.Tensor:
+    """1-based rank, in query q's ranking of the gallery, of the best-ranked item that shares
+    q's label: every item with the label is a match, the others are what can rank ahead."""
+    check_ties(ties)
+    q, g = _pair(queries, gallery, "query", "gallery")
+    return _ranks(q, g, _labels(query_labels, len(q), "query_labels", q.device),
+                  _labels(gallery_labels, len(g), "gallery_labels", q.device), ties, block)
+
+
 def target_ranks(queries, gallery, targets, ties: str = "pessimistic",
                  block: int = DEFAULT_BLOCK) -> torch.Tensor:
     """1-based rank of ``gallery[targets[q]]`` in the ranking of query q (t2i, copies)."""
-    n = len(embeddings(gallery, "gallery"))
-    t = _mapping(targets, len(embeddings(queries, "queries")), n, "cpu")
-    return label_ranks(queries, gallery, t, torch.arange(n), ties, block)
+    check_ties(ties)
+    q, g = _pair(queries, gallery, "query", "gallery")
+    t = _mapping(targets, len(q), len(g), q.device)
+    return _ranks(q, g, t, torch.arange(len(g), device=q.device), ties, block)
 
 
 def retrieval_ranks(img, txt, txt_to_img, ties: str = "pessimistic", block: int = DEFAULT_BLOCK,
@@ -81,17 +92,16 @@ def retrieval_ranks(img, txt, txt_to_img, ties: str = "pessimistic", block: int 
     matches every image of its image's identity, and an image every caption of its identity.
     By default an image matches only its own captions and a caption only its image.
     """
-    img, txt = embeddings(img, "img"), embeddings(txt, "txt")
-    if img.shape[1] != txt.shape[1]:
-        raise ValueError(f"img dim {img.shape[1]} != txt dim {txt.shape[1]}")
-    g = _mapping(txt_to_img, len(txt), len(img), "cpu")
+    check_ties(ties)
+    img, txt = _pair(img, txt, "img", "txt")
+    g = _mapping(txt_to_img, len(txt), len(img), img.device)
     has = torch.bincount(g, minlength=len(img))
     if (has == 0).any():
         raise ValueError(f"image {int((has == 0).nonzero()[0])} has no caption")
-    labels = torch.arange(len(img)) if image_labels is None else _labels(image_labels, len(img), "image_labels",
-                                                                         "cpu")
-    return (label_ranks(img, txt, labels, labels[g], ties, block),
-            label_ranks(txt, img, labels[g], labels, ties, block))
+    labels = (torch.arange(len(img), device=img.device) if image_labels is None
+              else _labels(image_labels, len(img), "image_labels", img.device))
+    return (_ranks(img, txt, labels, labels[g], ties, block),
+            _ranks(txt, img, labels[g], labels, ties, block))
 
 
 def recall_summary(ranks, ks=(1, 5, 10), median: str = "floor", prefix: str = "") -> dict:
