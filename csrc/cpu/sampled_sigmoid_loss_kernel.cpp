@@ -16,14 +16,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/vec_convert.h"
 #include "cpu/vec_math.h"
 #include "ops/sampled_sigmoid_loss.h"
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__)
-#define FUSEDEMBED_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define FUSEDEMBED_HOT
-#endif
 
 namespace fusedembed {
 namespace {
@@ -138,22 +133,22 @@ FUSEDEMBED_HOT void column_draws(int64_t g, const int64_t* __restrict cols, int6
 // log(1 + e) for e in [0, 1]: log(u) * e / (u - 1) with u = 1 + e cancels the rounding of u
 // (Goldberg), so small e keep their relative accuracy; NaN stays NaN.
 FUSEDEMBED_VEC_INLINE float log1p_unit(float e) {
-  constexpr float kLn2 = 0.693147180559945f;
   const float u = 1.0f + e;
-  return vm::select(u == 1.0f, e, vm::log2f_normal(u) * kLn2 * e / (u - 1.0f));
+  return vm::select(u == 1.0f, e, vm::log2f_normal(u) * vm::kLn2 * e / (u - 1.0f));
 }
 
-// One row chunk: gradient terms (times gscale) into grad, weighted loss terms into loss.
-// Returns a nonzero word when some target is invalid (its entries get NaN, as in ssl_element).
-// Each entry follows ssl_element: a term with coefficient 0 is left out, dropped entries and
-// zero-weight columns give 0 whatever their logit; selects instead of branches.
-FUSEDEMBED_HOT uint32_t row_chunk(const float* __restrict z, const float* __restrict y, const uint32_t* __restrict draw,
-                                  const float* __restrict weight, const float* __restrict eta,
-                                  const float* __restrict keep_p, const uint32_t* __restrict pos_kept,
-                                  float pos_threshold, float gscale, int64_t n, float* __restrict grad,
-                                  float* __restrict loss) {
+// One row chunk: weighted loss terms into loss and, with kGrad, gradient terms (times gscale)
+// into grad. Returns a nonzero word when some target is invalid (its entries get NaN, as in
+// ssl_element). Each entry follows ssl_element: a term with coefficient 0 is left out, dropped
+// entries and zero-weight columns give 0 whatever their logit; selects instead of branches.
+template <bool kGrad>
+FUSEDEMBED_VEC_INLINE uint32_t row_chunk_impl(const float* __restrict z, const float* __restrict y,
+                                              const uint32_t* __restrict draw, const float* __restrict weight,
+                                              const float* __restrict eta, const float* __restrict keep_p,
+                                              const uint32_t* __restrict pos_kept, float pos_threshold, float gscale,
+                                              int64_t n, float* __restrict grad, float* __restrict loss) {
   constexpr float kLog2e = 1.44269504088896f;
-  constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+  using vm::kNaN;
   uint32_t bad = 0;
   for (int64_t k = 0; k < n; ++k) {
     const float zk = z[k], yk = y[k], w = weight[k];
@@ -163,21 +158,29 @@ FUSEDEMBED_HOT uint32_t row_chunk(const float* __restrict z, const float* __rest
     const float az = vm::select(zk < 0.0f, -zk, zk);
     const float e = vm::exp2f_full(-az * kLog2e);  // exp(-|z|)
     const float l = log1p_unit(e);
-    const float inv = 1.0f / (1.0f + e);
-    const bool nonneg = zk >= 0.0f;
-    const float sig_pos = vm::select(nonneg, inv, e * inv);
-    const float sig_neg = vm::select(nonneg, e * inv, inv);
     const float sp_pos = vm::select(zk > 0.0f, zk, 0.0f) + l;
     const float sp_neg = vm::select(zk < 0.0f, -zk, 0.0f) + l;
     const float a = eta[k] * yk, b = 1.0f - yk;
     const float ce = vm::select(a != 0.0f, a * sp_neg, 0.0f) + vm::select(b != 0.0f, b * sp_pos, 0.0f);
-    const float lk = vm::select(active, w * ce, 0.0f);
-    const float gk = vm::select(active, w * (b * sig_pos - a * sig_neg) * gscale, 0.0f);
-    loss[k] = vm::select(valid, lk, kNaN);
-    grad[k] = vm::select(valid, gk, kNaN);
+    loss[k] = vm::select(valid, vm::select(active, w * ce, 0.0f), kNaN);
+    if constexpr (kGrad) {
+      const float inv = 1.0f / (1.0f + e);
+      const bool nonneg = zk >= 0.0f;
+      const float sig_pos = vm::select(nonneg, inv, e * inv);
+      const float sig_neg = vm::select(nonneg, e * inv, inv);
+      const float gk = vm::select(active, w * (b * sig_pos - a * sig_neg) * gscale, 0.0f);
+      grad[k] = vm::select(valid, gk, kNaN);
+    }
     bad |= !valid;
   }
   return bad;
+}
+
+FUSEDEMBED_HOT uint32_t row_chunk(const float* z, const float* y, const uint32_t* draw, const float* weight,
+                                  const float* eta, const float* keep_p, const uint32_t* pos_kept,
+                                  float pos_threshold, float gscale, int64_t n, float* grad, float* loss) {
+  if (grad) return row_chunk_impl<true>(z, y, draw, weight, eta, keep_p, pos_kept, pos_threshold, gscale, n, grad, loss);
+  return row_chunk_impl<false>(z, y, draw, weight, eta, keep_p, pos_kept, pos_threshold, gscale, n, nullptr, loss);
 }
 
 // Sum of v[0 .. n) in float lanes, then double: a fixed order, so the same on every ISA.
@@ -197,8 +200,11 @@ template <typename T>
 const float* as_float_chunk(const T* src, int64_t n, float* buf) {
   if constexpr (std::is_same_v<T, float>) {
     return src;
-  } else {
+  } else if constexpr (std::is_same_v<T, uint8_t>) {
     for (int64_t k = 0; k < n; ++k) buf[k] = static_cast<float>(src[k]);
+    return buf;
+  } else {
+    load_block(src, n, 1, n, buf);
     return buf;
   }
 }
@@ -229,7 +235,10 @@ void float_row_group(const RowGroupArgs<scalar_t, target_t>& a, const FloatClass
                      int64_t r1, double* sums, BadTarget& bad) {
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   const int64_t C = a.prm.C;
-  alignas(64) uint32_t draws[4][kChunk] = {}, sparse[4][kChunk];
+  // Draw words of columns that need none are read but do not matter (see FloatClasses): zeroed
+  // once so that they are defined, then left as they are.
+  alignas(64) uint32_t draws[4][kChunk], sparse[4][kChunk];
+  for (auto& d : draws) std::fill(d, d + std::min(C, kChunk), 0u);
   alignas(64) float zbuf[kChunk], ybuf[kChunk], gbuf[kChunk], lbuf[kChunk];
   const int64_t* next = fc.draw_cols.data();
   const int64_t* const last = next + fc.draw_cols.size();
@@ -252,7 +261,7 @@ void float_row_group(const RowGroupArgs<scalar_t, target_t>& a, const FloatClass
       const float* zf = as_float_chunk(a.z + off, n, zbuf);
       const float* yf = as_float_chunk(a.y + off, n, ybuf);
       // float32 outputs are written in place; others go through the buffers.
-      float* gf = kFloat && a.grad ? reinterpret_cast<float*>(a.grad + off) : gbuf;
+      float* gf = !a.grad ? nullptr : kFloat ? reinterpret_cast<float*>(a.grad + off) : gbuf;
       float* lf = kFloat && a.loss_elem ? reinterpret_cast<float*>(a.loss_elem + off) : lbuf;
       const uint32_t any_bad = row_chunk(zf, yf, draws[(i + a.prm.row_start) & 3], fc.weight.data() + j0,
                                          fc.eta.data() + j0, fc.keep_p.data() + j0, fc.pos_kept.data() + j0,
@@ -264,10 +273,8 @@ void float_row_group(const RowGroupArgs<scalar_t, target_t>& a, const FloatClass
             break;
           }
       if constexpr (!kFloat) {
-        if (a.grad)
-          for (int64_t k = 0; k < n; ++k) a.grad[off + k] = static_cast<scalar_t>(gf[k]);
-        if (a.loss_elem)
-          for (int64_t k = 0; k < n; ++k) a.loss_elem[off + k] = static_cast<scalar_t>(lf[k]);
+        if (a.grad) store_block(gf, 1, n, a.grad + off, n);
+        if (a.loss_elem) store_block(lf, 1, n, a.loss_elem + off, n);
       }
       if (!a.loss_elem) sums[i - r0] += chunk_sum(lf, n);
     }
@@ -376,17 +383,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
 
 void scale_grad_cpu(const at::Tensor& grad, const at::Tensor& grad_loss) {
   const at::Tensor g = ssl_check_scale_grad(grad, grad_loss);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "sampled_sigmoid_loss_scale_grad_",
-                                  [&] {
-                                    using acc_t = at::opmath_type<scalar_t>;
-                                    const acc_t s = g.item<acc_t>();
-                                    if (s == acc_t(1)) return;  // the usual case: loss.backward()
-                                    scalar_t* p = grad.mutable_data_ptr<scalar_t>();
-                                    at::parallel_for(0, grad.numel(), 32768, [&](int64_t begin, int64_t end) {
-                                      for (int64_t k = begin; k < end; ++k)
-                                        p[k] = static_cast<scalar_t>(static_cast<acc_t>(p[k]) * s);
-                                    });
-                                  });
+  if (g.item<double>() == 1.0) return;  // the usual case: loss.backward()
+  grad.mul_(g);                         // in the accumulation type, rounded once
 }
 
 }  // namespace

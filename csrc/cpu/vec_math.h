@@ -23,8 +23,19 @@
 
 #define FUSEDEMBED_VEC_INLINE inline __attribute__((always_inline))
 
+// Hot loops are also built for x86-64-v3 (AVX2 + FMA) and picked at load time (GCC function
+// multiversioning), so the generic x86-64 binary runs 8-wide where the CPU can.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__)
+#define FUSEDEMBED_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FUSEDEMBED_HOT
+#endif
+
 namespace fusedembed {
 namespace vec_math {
+
+constexpr float kLn2 = 0.693147180559945309f;
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 // Bit manipulation is done in uint32_t, where wrap-around is defined.
 FUSEDEMBED_VEC_INLINE float as_float(uint32_t i) { return std::bit_cast<float>(i); }
