@@ -69,8 +69,8 @@ def run(epochs: int = 8, batch_size: int = 64, train_images: int = 8000, test_im
                    **evaluate(r, f"{run_dir}/last.pt", split="test", device=dev)}
     train_set = build("dataset", r.data.train, split="train")
     test_set = build("dataset", r.data.test, split="test")
-    targets = torch.stack([test_set[i]["labels"] for i in range(len(test_set))])
-    prior = torch.stack([train_set[i]["labels"] for i in range(len(train_set))]).mean(0)
+    targets = test_set.labels.float()          # image view: item i is image i
+    prior = train_set.labels.float().mean(0)
     gen = torch.Generator().manual_seed(seed)
     rows = [_baseline("random scores", torch.rand(targets.shape, generator=gen), targets),
             _baseline("train label frequency", prior.expand_as(targets).clone(), targets), metrics]

@@ -1,5 +1,6 @@
 """The trainer: ``train(recipe, run_dir)`` runs any recipe (stages, DDP under torchrun, AMP on
-CUDA, exact resume); ``evaluate`` and ``export`` work from its checkpoints.
+CUDA, exact resume); ``evaluate``, ``export`` and ``load_model`` work from its checkpoints;
+``eval_loader(dataset, recipe)`` is the loader evaluators receive.
 
 Recipe keys it reads (see :mod:`fusedembed.recipe` for types and defaults):
 
@@ -24,7 +25,9 @@ Run directory: ``config.yaml``, ``metrics.jsonl``, ``last.pt``, ``best.pt``, ``r
 """
 
 from .checkpoint import CheckpointError
-from .export import evaluate, export
+from .data import eval_loader
+from .export import evaluate, export, load_model
 from .loop import NonFiniteLossError, Trainer, train
 
-__all__ = ["CheckpointError", "NonFiniteLossError", "Trainer", "evaluate", "export", "train"]
+__all__ = ["CheckpointError", "NonFiniteLossError", "Trainer", "eval_loader", "evaluate", "export", "load_model",
+           "train"]

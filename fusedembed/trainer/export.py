@@ -26,23 +26,29 @@ def export(checkpoint, out_dir) -> Path:
     return path
 
 
-def evaluate(recipe, checkpoint, *, split: str = "test", device: Optional[str] = None,
-             build=registry_build) -> Dict[str, float]:
-    """Runs the recipe's evaluators on ``split`` with the checkpoint's model weights."""
+def load_model(recipe, checkpoint, *, device=None, build=registry_build) -> torch.nn.Module:
+    """The recipe's model with the checkpoint's weights, on ``device`` (default: CUDA when
+    there is one), in eval mode."""
     state = ckpt.load(checkpoint)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    data_cfg = getattr(recipe.data, split)
-    if data_cfg is None:
-        raise ValueError(f"the recipe has no data.{split} dataset to evaluate on")
-    if not recipe.evaluators:
-        raise ValueError("the recipe lists no evaluators")
     model = build("model", recipe.model)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
         raise ckpt.CheckpointError(f"{checkpoint}: the weights do not fit the recipe's model: "
                                    f"{str(err).splitlines()[0]}") from None
-    model.to(dev).eval()
+    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+
+
+def evaluate(recipe, checkpoint, *, split: str = "test", device: Optional[str] = None,
+             build=registry_build) -> Dict[str, float]:
+    """Runs the recipe's evaluators on ``split`` with the checkpoint's model weights."""
+    data_cfg = getattr(recipe.data, split)
+    if data_cfg is None:
+        raise ValueError(f"the recipe has no data.{split} dataset to evaluate on")
+    if not recipe.evaluators:
+        raise ValueError("the recipe lists no evaluators")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(recipe, checkpoint, device=dev, build=build)
     loader = eval_loader(build("dataset", data_cfg, split=split), recipe)
     metrics = {}
     for e in recipe.evaluators:

@@ -256,9 +256,12 @@ class Trainer:
             history.clear()
             timer.update(t=time.perf_counter(), samples=0)
 
-        def save(path_name="last.pt"):
+        def save(best=False):
             if self.main:
-                ckpt.save(self._state(pos), self.run_dir / path_name)
+                state = self._state(pos)        # built once when it goes to both files
+                ckpt.save(state, self.run_dir / "last.pt")
+                if best:
+                    ckpt.save(state, self.run_dir / "best.pt")
 
         try:
             for epoch in range(pos["epoch"], cfg.epochs):
@@ -330,9 +333,7 @@ class Trainer:
                 if evaluators and val_set is not None and ((epoch + 1) % cfg.eval_every == 0 or last_epoch):
                     improved = self._evaluate(raw, evaluators, val_set, recipe, autocast, pos)
                     model.train()
-                save()
-                if improved:
-                    save("best.pt")
+                save(best=improved)
                 if stop:
                     break
         except KeyboardInterrupt:

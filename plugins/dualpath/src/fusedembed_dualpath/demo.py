@@ -25,11 +25,9 @@ CONFIG = "dualpath/scenes"
 
 def test_embeddings(recipe, checkpoint, device, build=build):
     """(test dataset, image embeddings, caption embeddings, caption_to_image) of a checkpoint."""
-    from fusedembed.trainer.data import eval_loader
+    from fusedembed.trainer import eval_loader, load_model
 
-    model = build("model", recipe.model)
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
-    model.to(device)
+    model = load_model(recipe, checkpoint, device=device, build=build)
     test_set = build("dataset", recipe.data.test, split="test")
     return (test_set, *encode(model, eval_loader(test_set, recipe), device=device))
 

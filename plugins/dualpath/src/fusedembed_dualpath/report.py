@@ -7,6 +7,8 @@ from typing import List
 
 import torch
 
+from fusedembed.metrics import target_ranks
+
 COLUMNS = [("i2t_r1", "R@1"), ("i2t_r5", "R@5"), ("i2t_r10", "R@10"), ("i2t_medr", "medr"),
            ("t2i_r1", "R@1"), ("t2i_r5", "R@5"), ("t2i_r10", "R@10"), ("t2i_medr", "medr"), ("rsum", "rsum")]
 
@@ -26,7 +28,11 @@ def chance_metrics(caption_to_image: torch.Tensor, ks=(1, 5, 10)) -> dict:
                    for c in counts) / n
 
     out = {f"i2t_r{k}": 100 * i2t_cdf(k) for k in ks} | {f"t2i_r{k}": 100 * min(k / n, 1) for k in ks}
-    out["i2t_medr"] = float(next(k for k in range(1, m + 1) if i2t_cdf(k) >= 0.5))
+    lo, hi = 1, m                 # the first k with i2t_cdf(k) >= 0.5 (the CDF only grows)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if i2t_cdf(mid) >= 0.5 else (mid + 1, hi)
+    out["i2t_medr"] = float(lo)
     out["t2i_medr"] = float(math.ceil(n / 2))
     out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks)
     return out
@@ -57,9 +63,11 @@ def retrieval_examples(img: torch.Tensor, txt: torch.Tensor, caption_to_image: t
     top = scores.topk(k, dim=1).indices
     fig, axes = plt.subplots(queries, k + 1, figsize=(2 * (k + 1) + 2, 2.1 * queries),
                              gridspec_kw={"width_ratios": [2.2] + [1] * k})
+    # Optimistic: the rank the picture shows, equal scores drawn after the right image.
+    ranks = target_ranks(txt[picks], img, g[picks], ties="optimistic")
     for r, j in enumerate(picks):
         truth = int(g[j])
-        rank = int((scores[r] > scores[r, truth]).sum()) + 1
+        rank = int(ranks[r])
         ax = axes[r, 0]
         ax.axis("off")
         words, lines, line = dataset.texts[j].split(), [], ""
