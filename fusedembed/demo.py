@@ -57,10 +57,11 @@ def _baseline(name, scores, targets):
 def run(epochs: int = 8, batch_size: int = 64, train_images: int = 8000, test_images: int = 1000,
         lr: float = 0.05, seed: int = 0, device: str = None, out=print, run_dir=None) -> dict:
     from .trainer import evaluate, train
+    from .trainer.export import default_device
 
     r = recipe(epochs, train_images, lr, seed, device)
     r.trainer.batch_size, r.data.test["num_images"] = batch_size, test_images
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = default_device(device)
     out(f"fusedembed demo: multi-label training on the embedded scenes data ({dev})")
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = run_dir or tmp

@@ -26,6 +26,11 @@ def export(checkpoint, out_dir) -> Path:
     return path
 
 
+def default_device(device=None) -> torch.device:
+    """``device`` as given, else CUDA when there is one, else the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def load_model(recipe, checkpoint, *, device=None, build=registry_build) -> torch.nn.Module:
     """The recipe's model with the checkpoint's weights, on ``device`` (default: CUDA when
     there is one), in eval mode."""
@@ -36,7 +41,7 @@ def load_model(recipe, checkpoint, *, device=None, build=registry_build) -> torc
     except RuntimeError as err:
         raise ckpt.CheckpointError(f"{checkpoint}: the weights do not fit the recipe's model: "
                                    f"{str(err).splitlines()[0]}") from None
-    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    return model.to(default_device(device)).eval()
 
 
 def evaluate(recipe, checkpoint, *, split: str = "test", device: Optional[str] = None,
@@ -47,7 +52,7 @@ def evaluate(recipe, checkpoint, *, split: str = "test", device: Optional[str] =
         raise ValueError(f"the recipe has no data.{split} dataset to evaluate on")
     if not recipe.evaluators:
         raise ValueError("the recipe lists no evaluators")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = default_device(device)
     model = load_model(recipe, checkpoint, device=dev, build=build)
     loader = eval_loader(build("dataset", data_cfg, split=split), recipe)
     metrics = {}
