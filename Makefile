@@ -17,7 +17,7 @@ BENCH_ARGS ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,--quick)
 # The dual-path recipe end to end: trains dualpath/scenes (Stage I, Stage II) into runs/demo,
 # prints its retrieval table next to chance and a bag-of-words baseline, writes the report.
 demo: install
-	$(PY) -m fusedembed_dualpath.demo --run-dir runs/demo
+	$(PY) -m fusedembed demo dualpath --run-dir runs/demo
 
 test: install
 	$(PY) -m pytest
@@ -35,14 +35,17 @@ $(STAMPS)/venv:
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	@mkdir -p $(STAMPS) && touch $@
 
+# Build requirements: pyproject.toml's [build-system] list (torch comes above); the runtime and
+# test ones are installed with the package itself (`-e .[test]`).
+BUILD_REQS = $(PY) -c 'import importlib, sys; toml = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "pip._vendor.tomli"); print(*(r for r in toml.load(open("pyproject.toml", "rb"))["build-system"]["requires"] if r != "torch"))'
+
 $(STAMPS)/deps: $(STAMPS)/venv constraints.txt pyproject.toml
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PIP) install -c constraints.txt torch torchvision
-	$(PIP) install -c constraints.txt "setuptools>=77" wheel ninja numpy pluggy pyyaml tqdm safetensors \
-		matplotlib tensorboard pytest
+	$(PIP) install -c constraints.txt $$($(BUILD_REQS))
 	@touch $@
 
 $(STAMPS)/build: $(STAMPS)/deps setup.py fusedembed/_version.py $(CSRC) $(PLUGINS)
-	$(PIP) install --no-build-isolation --no-deps -e .
+	$(PIP) install -c constraints.txt --no-build-isolation -e ".[test]"
 	@for p in $(dir $(PLUGINS)); do $(PIP) install --no-build-isolation --no-deps -e $$p || exit 1; done
 	@touch $@
 

@@ -1,14 +1,18 @@
-"""fusedembed: learn image and image-text embeddings with fused kernels and pluggy recipes."""
+"""fusedembed: learn image and image-text embeddings with fused kernels and pluggy recipes.
+
+Kernels: :mod:`fusedembed.ops` (layers over them in :mod:`fusedembed.nn`). Plugins implement the
+hooks of :mod:`fusedembed.hookspecs`; :func:`build` makes a registered component, :func:`load_recipe`
+a validated recipe, :mod:`fusedembed.trainer` trains it.
+"""
 
 from ._version import __version__
 from ._extension import build_info, has_extension
 from . import ops, nn
-
-__all__ = ["__version__", "build_info", "has_extension", "ops", "nn"]
-
-# Plugin system: the marker plugins use, registries, recipes (see hookspecs.py, ARCHITECTURE.md).
 from .hookspecs import hookimpl
-from .registry import build, get_registry, spec
-from .config import ConfigError, load_config, save_config
+from .plugins import build, current_registries, get_registry
+from .registry import Registries, spec
+from .config import RecipeError, load_recipe, save_recipe
 
-__all__ += ["hookimpl", "build", "get_registry", "spec", "ConfigError", "load_config", "save_config"]
+__all__ = ["__version__", "build_info", "has_extension", "ops", "nn", "hookimpl", "build",
+           "current_registries", "get_registry", "Registries", "spec", "RecipeError", "load_recipe",
+           "save_recipe"]

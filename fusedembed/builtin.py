@@ -13,7 +13,8 @@ from torch import nn
 
 from .hookspecs import hookimpl
 from .nn import GeM
-from .registry import build, spec
+from .plugins import build
+from .registry import spec
 
 RESNET_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 POOLS = ("avg", "gem")
@@ -197,6 +198,14 @@ def _sampled_weighted_sigmoid(num_classes: int, **kwargs):
     from .nn import SampledWeightedSigmoidLoss
 
     return SampledWeightedSigmoidLoss(num_classes, **kwargs)
+
+
+@hookimpl
+def fusedembed_register_demos(register):
+    from . import demo
+
+    register("multilabel", demo.main, description="multi-label tiny_cnn + GeM with the fused sampled "
+             "sigmoid loss on the embedded scenes, vs label-frequency and random baselines")
 
 
 @hookimpl

@@ -1,4 +1,4 @@
-"""The ``fusedembed`` command. Exit codes: 0 ok, 1 failure (bad config, broken plugin,
+"""The ``fusedembed`` command. Exit codes: 0 ok, 1 failure (bad recipe, broken plugin,
 nothing matched), 2 usage (unknown command, option or kind)."""
 
 import argparse
@@ -6,7 +6,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from ._version import __version__
-from .config import ConfigError, dump, load_config
+from .config import RecipeError, dump, load_recipe
 from .registry import KINDS, RegistryError, kind_of
 
 OK, FAILURE, USAGE = 0, 1, 2
@@ -31,42 +31,52 @@ def cmd_plugins(args, out) -> int:
     out.write(_table(rows))
     for note in manager.notes:
         out.write(f"note: {note}\n")
-    for conflict in manager.conflicts:
-        out.write(f"conflict: {conflict}\n")
     failed = manager.failed()
     if args.verbose:
         for info in failed:
             out.write(f"\n--- {info.name} ({info.value}) ---\n{info.traceback}")
     elif failed:
         out.write("(run `fusedembed plugins -v` for the tracebacks)\n")
-    return FAILURE if failed or manager.conflicts else OK
+    return FAILURE if failed else OK
 
 
 def cmd_list(args, out) -> int:
-    from .registry import get_registry
+    from .plugins import get_registry
 
     kind = kind_of(args.kind)
-    entries = get_registry(kind.name).entries(args.pattern)
+    registry = get_registry(kind.name)
+    entries = registry.entries(args.pattern)
     if not entries:
         print(f"no {kind.plural} match {args.pattern!r}" if args.pattern != "*"
               else f"no {kind.plural} are registered", file=sys.stderr)
         return FAILURE
-    rows = [("NAME", "PLUGIN", "DESCRIPTION")] + [(e.name, e.plugin, e.description) for e in entries]
+    # NAME is what a recipe writes: the bare name unless two plugins share it.
+    rows = [("NAME", "PLUGIN", "DESCRIPTION")] + [(registry.display_name(e), e.plugin, e.description)
+                                                  for e in entries]
     out.write(_table(rows))
     return OK
 
 
-def cmd_config_show(args, out) -> int:
-    out.write(dump(load_config(args.name, args.overrides)))
+def cmd_recipe_show(args, out) -> int:
+    out.write(dump(load_recipe(args.name, args.overrides)))
     return OK
 
 
 def cmd_demo(args, out) -> int:
-    from . import demo
+    from .plugins import get_registry
 
-    demo.run(epochs=args.epochs, train_images=args.train_images, device=args.device,
-             out=lambda line: print(line, file=out, flush=True))
-    return OK
+    demos = get_registry("demo")
+    if args.name is None:
+        if not len(demos):
+            print("no demos are registered (install a plugin that has one, e.g. plugins/dualpath)",
+                  file=sys.stderr)
+            return FAILURE
+        rows = [("DEMO", "PLUGIN", "DESCRIPTION")] + [(demos.display_name(e), e.plugin, e.description)
+                                                      for e in demos.entries()]
+        out.write(_table(rows) + "run one with: fusedembed demo NAME [--help]\n")
+        return OK
+    code = demos.get(args.name).target(list(args.args))
+    return OK if code is None else int(code)
 
 
 def _default_run_dir(name: str) -> str:
@@ -82,8 +92,8 @@ def cmd_train(args, out) -> int:
 
     from .trainer import CheckpointError, NonFiniteLossError, train
 
-    recipe = load_config(args.config, args.overrides)
-    run_dir = args.run_dir or (str(Path(args.resume).parent) if args.resume else _default_run_dir(args.config))
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_dir = args.run_dir or (str(Path(args.resume).parent) if args.resume else _default_run_dir(args.recipe))
     try:
         metrics = train(recipe, run_dir, resume=args.resume, out=lambda line: print(line, file=out, flush=True))
     except (CheckpointError, NonFiniteLossError) as err:
@@ -101,7 +111,7 @@ def cmd_train(args, out) -> int:
 def cmd_eval(args, out) -> int:
     from .trainer import CheckpointError, evaluate
 
-    recipe = load_config(args.config, args.overrides)
+    recipe = load_recipe(args.recipe, args.overrides)
     try:
         metrics = evaluate(recipe, args.checkpoint, split=args.split, device=args.device)
     except CheckpointError as err:
@@ -154,41 +164,39 @@ def parser() -> argparse.ArgumentParser:
                         help="shell-style wildcard, e.g. 'res*' (default: all)")
     lister.set_defaults(func=cmd_list)
 
-    config = sub.add_parser("config", help="inspect recipes", description="Inspect recipes.")
-    config_sub = config.add_subparsers(dest="action", metavar="ACTION")
-    config_sub.required = True
-    show = config_sub.add_parser(
+    recipe = sub.add_parser("recipe", help="inspect recipes", description="Inspect recipes.")
+    recipe_sub = recipe.add_subparsers(dest="action", metavar="ACTION")
+    recipe_sub.required = True
+    show = recipe_sub.add_parser(
         "show", help="print a resolved recipe",
         description="Print the recipe NAME (a YAML path or a registered <plugin>/<name>) after "
         "_base_ inheritance and OVERRIDES, with every default filled in and every component "
         "checked. Exits 1 if it is invalid.")
     show.add_argument("name", metavar="NAME", help="YAML file or <plugin>/<name>")
     show.add_argument("overrides", metavar="OVERRIDES", nargs="*", help="dotted key=value, e.g. trainer.lr=0.01")
-    show.set_defaults(func=cmd_config_show)
+    show.set_defaults(func=cmd_recipe_show)
 
-    demo = sub.add_parser("demo", help="train and evaluate a small model on the embedded demo data",
-                          description="Generates (once, then cached) the embedded scenes data, trains a "
-                          "GeM-pooled CNN with the fused sampled sigmoid loss and prints multi-label "
-                          "metrics next to baselines.")
-    demo.add_argument("--epochs", type=int, default=8)
-    demo.add_argument("--train-images", type=int, default=8000)
-    demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    demo = sub.add_parser("demo", help="list the demos, or run one end to end on the embedded data",
+                          description="Without NAME, list the demos the plugins registered. With NAME, "
+                          "run it; ARGS go to the demo (`fusedembed demo NAME --help` shows them).")
+    demo.add_argument("name", metavar="NAME", nargs="?")
+    demo.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER)
     demo.set_defaults(func=cmd_demo)
 
     tr = sub.add_parser("train", help="train a recipe (alone or under torchrun)",
-                        description="Train CONFIG (a YAML file or <plugin>/<name>) with OVERRIDES. "
+                        description="Train RECIPE (a YAML file or <plugin>/<name>) with OVERRIDES. "
                         "Writes config.yaml, metrics.jsonl, last.pt/best.pt and report.md to the run "
                         "directory. Under `torchrun --nproc_per_node=N` it trains with DDP.")
-    tr.add_argument("config", metavar="CONFIG")
+    tr.add_argument("recipe", metavar="RECIPE")
     tr.add_argument("overrides", metavar="OVERRIDES", nargs="*", help="dotted key=value, e.g. trainer.lr=0.01")
     tr.add_argument("--resume", metavar="PATH", help="checkpoint to continue from (e.g. RUN/last.pt)")
     tr.add_argument("--run-dir", metavar="DIR", help="default: the resumed checkpoint's folder, else "
-                    "runs/<config>-<time>")
+                    "runs/<recipe>-<time>")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="run a recipe's evaluators on a checkpoint",
-                        description="Run the evaluators of CONFIG on SPLIT with the weights of a checkpoint.")
-    ev.add_argument("config", metavar="CONFIG")
+                        description="Run the evaluators of RECIPE on SPLIT with the weights of a checkpoint.")
+    ev.add_argument("recipe", metavar="RECIPE")
     ev.add_argument("overrides", metavar="OVERRIDES", nargs="*")
     ev.add_argument("--checkpoint", required=True, metavar="PATH")
     ev.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -206,12 +214,20 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None, out=None) -> int:
     out = out or sys.stdout
+    p = parser()
     try:
-        args = parser().parse_args(argv)
+        # Overrides may stand anywhere (`train R --run-dir D trainer.lr=0.01`): argparse leaves
+        # those after an option unparsed, so they are collected here.
+        args, extra = p.parse_known_args(argv)
+        stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+        if stray:
+            p.error(f"unrecognized arguments: {' '.join(stray)}")
+        if extra:
+            args.overrides = [*args.overrides, *extra]
     except SystemExit as exit_:  # --help (0) and usage errors (2) exit from argparse
         return exit_.code if isinstance(exit_.code, int) else USAGE
     try:
         return args.func(args, out)
-    except (ConfigError, RegistryError) as err:
+    except (RecipeError, RegistryError) as err:
         print(f"fusedembed {args.command}: error: {err}", file=sys.stderr)
         return FAILURE

@@ -18,18 +18,19 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 import yaml
 
 from .recipe import STAGE_SECTIONS, Recipe
-from .registry import Component, KINDS, Registries, RegistryError, closest, current_registries, did_you_mean
+from .plugins import current_registries
+from .registry import Component, KINDS, Registries, RegistryError, did_you_mean
 
 RESOLVED_NAME = "config.yaml"
 
 
-class ConfigError(ValueError):
+class RecipeError(ValueError):
     """One or more problems with a recipe; ``problems`` lists them one per line."""
 
     def __init__(self, problems: Union[str, Sequence[str]], source=None):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         self.source = source
-        head = f"invalid config {str(source)!r}" if source is not None else "invalid config"
+        head = f"invalid recipe {str(source)!r}" if source is not None else "invalid recipe"
         super().__init__(self.problems[0] if len(self.problems) == 1 and source is None else
                          f"{head}:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
@@ -61,19 +62,19 @@ def read_yaml(path) -> dict:
         with open(path, encoding="utf-8") as f:
             data = yaml.load(f, Loader=_Loader)
     except OSError as err:
-        raise ConfigError(f"cannot read {path}: {err.strerror}") from None
+        raise RecipeError(f"cannot read {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+        raise RecipeError(f"{path}: invalid YAML: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a YAML mapping at the top, got {type(data).__name__}")
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping at the top, got {type(data).__name__}")
     return data
 
 
-def resolve_source(source, registries: Optional[Registries] = None, relative_to: Optional[Path] = None) -> Path:
+def resolve_source(source, relative_to: Optional[Path] = None) -> Path:
     """The YAML file for a path (relative to ``relative_to``, else the working directory) or for
-    a registered ``<plugin>/<name>``."""
+    a registered recipe: ``<plugin>/<name>``, or the bare name when one plugin has it."""
     text = str(source)
     path = Path(text).expanduser()
     if relative_to is not None and not path.is_absolute():
@@ -81,18 +82,12 @@ def resolve_source(source, registries: Optional[Registries] = None, relative_to:
     if path.is_file():
         return path.resolve()
     if isinstance(source, Path) or path.suffix in (".yaml", ".yml"):
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    regs = registries if registries is not None else current_registries()
-    configs = regs["config"]
-    if "/" in text:
-        try:
-            return configs.path(text)
-        except RegistryError as err:
-            raise ConfigError(str(err)) from None
-    near = [n for n in configs.list() if n.endswith("/" + text)] or [closest(text, configs.list())]
-    hint = f" (did you mean {near[0]!r}?)" if near[0] else ""
-    raise ConfigError(f"no config {text!r}: not a YAML file, and registered configs are named "
-                      f"<plugin>/<name>{hint}; see `fusedembed list configs`")
+        raise RecipeError(f"recipe file {str(path)!r} does not exist")
+    try:
+        return current_registries()["recipe"].path(text)
+    except RegistryError as err:
+        raise RecipeError(f"{err} (a recipe is a YAML file or a registered <plugin>/<name>; "
+                          f"see `fusedembed list recipes`)") from None
 
 
 def merge(base, child):
@@ -109,27 +104,26 @@ def _renamed(base: Mapping, child: Mapping) -> bool:
     return "name" in child and base.get("name") != child["name"]
 
 
-def load_tree(source, overrides: Sequence[str] = (), *, registries: Optional[Registries] = None) -> dict:
+def load_tree(source, overrides: Sequence[str] = ()) -> dict:
     """The merged, overridden recipe as plain data, not yet validated."""
-    path = resolve_source(source, registries)
-    return apply_overrides(_with_bases(path, registries, ()), overrides)
+    return apply_overrides(_with_bases(resolve_source(source), ()), overrides)
 
 
-def _with_bases(path: Path, registries, chain: Tuple[Path, ...]) -> dict:
+def _with_bases(path: Path, chain: Tuple[Path, ...]) -> dict:
     if path in chain:
-        raise ConfigError("_base_ cycle: " + " -> ".join(str(p) for p in chain + (path,)))
+        raise RecipeError("_base_ cycle: " + " -> ".join(str(p) for p in chain + (path,)))
     data = read_yaml(path)
     bases = data.pop("_base_", [])
     bases = [bases] if isinstance(bases, str) else bases
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"{path}: _base_ must be a file/config name or a list of them, got {bases!r}")
+        raise RecipeError(f"{path}: _base_ must be a file/config name or a list of them, got {bases!r}")
     merged: dict = {}
     for base in bases:
         try:
-            parent = resolve_source(base, registries, relative_to=path.parent)
-        except ConfigError as err:
-            raise ConfigError(f"{path}: _base_ {base!r}: {err}") from None
-        merged = merge(merged, _with_bases(parent, registries, chain + (path,)))
+            parent = resolve_source(base, relative_to=path.parent)
+        except RecipeError as err:
+            raise RecipeError(f"{path}: _base_ {base!r}: {err}") from None
+        merged = merge(merged, _with_bases(parent, chain + (path,)))
     return merge(merged, data)
 
 
@@ -137,11 +131,11 @@ def parse_override(text: str) -> Tuple[List[str], Any]:
     key, sep, value = str(text).partition("=")
     keys = key.strip().split(".")
     if not sep or not all(keys):
-        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. trainer.lr=0.01)")
+        raise RecipeError(f"override {text!r} must look like section.key=value (e.g. trainer.lr=0.01)")
     try:
         return keys, parse_value(value)
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML: {err}") from None
+        raise RecipeError(f"override {text!r}: the value is not valid YAML: {err}") from None
 
 
 def apply_overrides(tree: dict, overrides: Sequence[str]) -> dict:
@@ -156,11 +150,11 @@ def apply_overrides(tree: dict, overrides: Sequence[str]) -> dict:
             last = depth == len(keys) - 1
             if isinstance(node, list):
                 if not key.lstrip("-").isdigit() or not -len(node) <= int(key) < len(node):
-                    raise ConfigError(f"override {text!r}: {where} is not an index of the "
+                    raise RecipeError(f"override {text!r}: {where} is not an index of the "
                                       f"{len(node)}-item list {'.'.join(keys[:depth])}")
                 key = int(key)
             elif not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {'.'.join(keys[:depth])} is "
+                raise RecipeError(f"override {text!r}: {'.'.join(keys[:depth])} is "
                                   f"{type(node).__name__} {node!r}, not a mapping")
             if last:
                 if key == "name" and isinstance(node, dict) and node.get("name") != value:
@@ -276,11 +270,8 @@ def _schema_keys(cls, prefix: str = "") -> List[str]:
 def _nearest_key(key, fields) -> str:
     """A near name in the same section, else the same name in another section of the recipe
     (``trainer.momentum`` -> ``trainer.optimizer.momentum``)."""
-    near = closest(key, fields)
-    if near:
-        return f" (did you mean {near!r}?)"
     elsewhere = [k for k in _schema_keys(Recipe) if k.rsplit(".", 1)[-1] == key]
-    return f" (did you mean {elsewhere[0]!r}?)" if elsewhere else ""
+    return did_you_mean(key, fields) or (f" (did you mean {elsewhere[0]!r}?)" if elsewhere else "")
 
 
 def check_components(found, registries: Registries) -> List[str]:
@@ -316,14 +307,16 @@ def _has_component(tp) -> bool:
     return any(_has_component(a) for a in typing.get_args(tp))
 
 
-def validate(tree: dict, *, registries: Optional[Registries] = None, source=None) -> Recipe:
-    """The typed Recipe for ``tree``; with ``registries``, components are checked too."""
+def validate(tree: dict, *, check: bool = False, source=None) -> Recipe:
+    """The typed Recipe for ``tree``; with ``check``, components are checked too, against the
+    current registries."""
+    registries = current_registries() if check else None
     recipe, problems = _validate(tree, registries, "")
     if not problems:  # stages are checked on top of a valid recipe
         for i, stage in enumerate(tree.get("stages") or []):
             problems += _validate_stage(tree, stage, i, registries)
     if problems:
-        raise ConfigError(problems, source)
+        raise RecipeError(problems, source)
     return recipe
 
 
@@ -367,22 +360,18 @@ def stage_recipes(recipe: Recipe) -> List[Tuple[str, Recipe]]:
     return [(s["name"], validate(_stage_tree(tree, s))) for s in recipe.stages]
 
 
-def load_config(source, overrides: Sequence[str] = (), *, registries: Optional[Registries] = None,
-                check: bool = True) -> Recipe:
+def load_recipe(source, overrides: Sequence[str] = (), *, check: bool = True) -> Recipe:
     """The validated Recipe of ``source`` (a YAML path or a registered ``<plugin>/<name>``) with
     dotted ``overrides`` applied. ``check=False`` skips checking components against the
-    registries (the schema is always checked). Raises ConfigError listing every problem."""
-    if check and registries is None:
-        registries = current_registries()
-    tree = load_tree(source, overrides, registries=registries)
-    return validate(tree, registries=registries if check else None, source=source)
+    registries (the schema is always checked). Raises RecipeError listing every problem."""
+    return validate(load_tree(source, overrides), check=check, source=source)
 
 
 def dump(recipe: Recipe) -> str:
     return yaml.safe_dump(to_dict(recipe), sort_keys=False, default_flow_style=False)
 
 
-def save_config(recipe: Recipe, run_dir) -> Path:
+def save_recipe(recipe: Recipe, run_dir) -> Path:
     """Writes the resolved recipe to ``<run_dir>/config.yaml`` (what the run really used; it
     loads back to the same Recipe) and returns the path."""
     path = Path(run_dir) / RESOLVED_NAME

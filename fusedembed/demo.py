@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from .config import apply_overrides, validate
-from .registry import build
+from .devices import resolve_device
+from .plugins import build
 
 RECIPE = """
 description: fusedembed demo, multi-label tiny_cnn + GeM on the embedded scenes data
@@ -57,11 +58,10 @@ def _baseline(name, scores, targets):
 def run(epochs: int = 8, batch_size: int = 64, train_images: int = 8000, test_images: int = 1000,
         lr: float = 0.05, seed: int = 0, device: str = None, out=print, run_dir=None) -> dict:
     from .trainer import evaluate, train
-    from .trainer.export import default_device
 
     r = recipe(epochs, train_images, lr, seed, device)
     r.trainer.batch_size, r.data.test["num_images"] = batch_size, test_images
-    dev = default_device(device)
+    dev = resolve_device(device)
     out(f"fusedembed demo: multi-label training on the embedded scenes data ({dev})")
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = run_dir or tmp
@@ -81,3 +81,17 @@ def run(epochs: int = 8, batch_size: int = 64, train_images: int = 8000, test_im
     for row in rows:
         out(f"{row['model']:<28}" + "".join(f"{row[c]:8.1f}" for c in cols))
     return metrics
+
+
+def main(argv=None) -> int:
+    """``fusedembed demo multilabel [--epochs N] [--train-images N] [--device D]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="fusedembed demo multilabel", description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--train-images", type=int, default=8000)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    args = p.parse_args(argv)
+    run(epochs=args.epochs, train_images=args.train_images, device=args.device,
+        out=lambda line: print(line, flush=True))
+    return 0

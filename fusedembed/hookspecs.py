@@ -11,14 +11,23 @@ Registering only records a factory: nothing is built (and no weights are read) u
 asks for the name, so listing plugins stays cheap. Hooks return nothing.
 
 Components are registered as ``register(name, factory, *, description="")``. ``name`` is
-letters, digits, ``_``, ``-`` and ``.``; it is global across plugins (two plugins registering
-the same backbone name is an error naming both). ``factory`` is any callable (a function or a
-class); the keyword arguments it accepts are exactly the keys a config may set next to
-``name``, so give them defaults and annotations where you can. ``description`` defaults to the
-first line of the factory's docstring.
+letters, digits, ``_``, ``-`` and ``.``, and the registry files it as ``<plugin>/<name>`` (the
+plugin is the entry point's name): ``register("margin", ...)`` in plugin ``multigrain`` is
+``multigrain/margin``. Recipes may write the bare name while only one loaded plugin has it; the
+recipes a plugin ships name their own components in full. ``factory`` is any callable (a
+function or a class); the keyword arguments it accepts are exactly the keys a config may set
+next to ``name``, so give them defaults and annotations where you can (the recipe loader checks
+values against the annotations). ``description`` defaults to the first line of the factory's
+docstring.
 
-Configs are registered as ``register(name, path, *, description="")`` with the absolute path of
-a YAML recipe shipped inside the package; users address it as ``<plugin>/<name>``.
+Recipes are registered as ``register(name, path, *, description="")`` with the absolute path of
+a YAML file shipped inside the package; users address it as ``<plugin>/<name>``.
+
+Model outputs follow one vocabulary, so losses and evaluators of different plugins fit together:
+``embedding`` (the retrieval vector of a single-modality model), ``image_embedding`` and
+``text_embedding`` (a cross-modal model's two, in one space), ``features`` (the backbone's
+output before any head), ``logits`` (classifier scores). Embeddings that are compared by dot
+product are L2-normalised by the model.
 """
 
 import pluggy
@@ -108,10 +117,21 @@ def fusedembed_register_models(register):
 
 
 @hookspec
-def fusedembed_register_configs(register):
+def fusedembed_register_recipes(register):
     """Register YAML recipes: ``register(name, path, *, description="")``.
 
     ``path`` is the absolute path of a YAML file in the installed package (list it as package
     data). It is addressed as ``<plugin>/<name>``, e.g. ``fusedembed train dualpath/scenes``.
-    Its ``_base_`` entries may name files relative to it or other ``<plugin>/<name>`` configs.
+    Its ``_base_`` entries may name files relative to it or other ``<plugin>/<name>`` recipes.
+    """
+
+
+@hookspec
+def fusedembed_register_demos(register):
+    """Register demos: ``register(name, main, *, description="")``.
+
+    ``main(argv)`` takes the command-line arguments after ``fusedembed demo NAME`` (a list of
+    strings; it parses them itself, so ``fusedembed demo NAME --help`` is its help) and returns
+    an exit code. A demo runs end to end on data it can make locally (the embedded scenes),
+    prints what it measured next to baselines and says what reproduces at its scale.
     """

@@ -1,4 +1,5 @@
-"""Finds, loads and isolates plugins; collects what they register into typed registries.
+"""Finds, loads and isolates plugins; collects what they register into typed registries; the
+registries code builds with (``current_registries``, ``build``).
 
 Plugins come from the entry-point group ``fusedembed``. The built-in plugin is one of them: it
 is loaded from its entry point ``builtin = "fusedembed.builtin"``, and from an identical entry
@@ -21,17 +22,13 @@ import pluggy
 
 from . import hookspecs
 from ._version import __version__
-from .registry import KINDS, DuplicateNameError, Registries, RegistryError, closest
+from .registry import KINDS, Registries, Registry, RegistryError, active_registries, did_you_mean
 
 GROUP = "fusedembed"
 BUILTIN = metadata.EntryPoint("builtin", "fusedembed.builtin", GROUP)
 DISABLE_ENV = "FUSEDEMBED_DISABLE_PLUGINS"
 ONLY_ENV = "FUSEDEMBED_PLUGINS_ONLY"
 HOOKS = {kind.hook: kind for kind in KINDS.values()}
-
-
-class PluginConflictError(RegistryError):
-    """Two plugins registered the same name; nothing can be looked up until one is removed."""
 
 
 @dataclass
@@ -79,8 +76,8 @@ def discover() -> List[metadata.EntryPoint]:
 class PluginManager:
     """Loads the plugins of ``entry_points`` (default: the installed ones) once, on construction.
 
-    ``plugins`` lists every plugin seen, with its status and what it registered; ``registries``
-    holds what the loaded ones registered, and raises if two registered the same name.
+    ``plugins`` lists every plugin seen, with its status and what it registered (bare names);
+    ``registries`` holds what the loaded ones registered.
     """
 
     def __init__(self, entry_points: Optional[Iterable] = None, *, env: Optional[Mapping[str, str]] = None):
@@ -89,8 +86,7 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self.plugins: Dict[str, PluginInfo] = {}
         self.notes: List[str] = []
-        self.conflicts: List[str] = []
-        self._registries = Registries()
+        self.registries = Registries()
         eps = discover() if entry_points is None else list(entry_points)
         only, disabled = _names(env, ONLY_ENV), _names(env, DISABLE_ENV) or []
         for var, names in ((ONLY_ENV, only or []), (DISABLE_ENV, disabled)):
@@ -98,7 +94,7 @@ class PluginManager:
             for name in names:
                 if name not in known:
                     self.notes.append(f"{var} names {name!r}, which is not installed"
-                                      f"{_suggest(name, known)}")
+                                      f"{did_you_mean(name, known)}")
         for ep in eps:
             dist, version = _dist_of(ep)
             if ep.value == BUILTIN.value and dist is None:
@@ -118,13 +114,13 @@ class PluginManager:
     def _disable(self, info: PluginInfo, var: str):
         info.status, info.error = "disabled", f"disabled by {var}"
         self.plugins[info.name] = info
-        self._registries.unavailable[info.name] = info.error  # named by unknown-name errors
+        self.registries.unavailable[info.name] = info.error  # named by unknown-name errors
 
     def _fail(self, info: PluginInfo, err: BaseException) -> PluginInfo:
         info.status, info.error = "failed", f"{type(err).__name__}: {err}"
         info.traceback = "".join(traceback.format_exception(type(err), err, err.__traceback__))
         self.plugins[info.name] = info
-        self._registries.unavailable[info.name] = info.error
+        self.registries.unavailable[info.name] = info.error
         return info
 
     def _load(self, ep, info: PluginInfo) -> PluginInfo:
@@ -152,13 +148,9 @@ class PluginManager:
             return self._fail(info, err)
         info.status = "loaded"
         self.plugins[info.name] = info
-        for entry in staged:
-            try:
-                self._registries[entry.kind].insert(entry)
-            except DuplicateNameError as err:
-                self.conflicts.append(str(err))
-                continue
-            info.registered.setdefault(KINDS[entry.kind].plural, []).append(entry.name)
+        for entry in staged:   # full names carry the plugin's: no two plugins can collide
+            self.registries[entry.kind].insert(entry)
+            info.registered.setdefault(KINDS[entry.kind].plural, []).append(entry.short)
         return info
 
     def _check_hooks(self, plugin):
@@ -174,7 +166,7 @@ class PluginManager:
             i.plugin is plugin and not i.optionalhook for i in h.get_hookimpls())]
         if bad:
             raise pluggy.PluginValidationError(plugin, "; ".join(
-                f"unknown hook {h!r}{_suggest(h, HOOKS)}" for h in bad))
+                f"unknown hook {h!r}{did_you_mean(h, HOOKS)}" for h in bad))
 
     def _collect(self, plugin, plugin_name: str) -> list:
         """Calls each of the plugin's hooks with a ``register`` that validates and stages; the
@@ -185,11 +177,11 @@ class PluginManager:
             if kind is None:  # an optional hook this version does not know
                 continue
 
-            def register(name, target, *, description="", _registry=self._registries[kind.name]):
+            def register(name, target, *, description="", _registry=self.registries[kind.name]):
                 entry = _registry.make_entry(name, target, plugin=plugin_name, description=description)
                 if (entry.kind, entry.name) in seen:
-                    raise DuplicateNameError(f"{entry.kind} {entry.name!r} is registered twice "
-                                             f"by plugin {plugin_name!r}")
+                    raise RegistryError(f"{entry.kind} {entry.short!r} is registered twice "
+                                        f"by plugin {plugin_name!r}")
                 seen.add((entry.kind, entry.name))
                 staged.append(entry)
 
@@ -205,19 +197,8 @@ class PluginManager:
                                         f"call register(name, ...) and return None")
         return staged
 
-    @property
-    def registries(self) -> Registries:
-        if self.conflicts:
-            raise PluginConflictError("\n".join(self.conflicts))
-        return self._registries
-
     def failed(self) -> List[PluginInfo]:
         return [p for p in self.plugins.values() if p.status == "failed"]
-
-
-def _suggest(name: str, options) -> str:
-    near = closest(name, options)
-    return f" (did you mean {near!r}?)" if near else ""
 
 
 _default: Optional[PluginManager] = None
@@ -236,3 +217,21 @@ def reset_plugin_manager() -> None:
     after installing a plugin)."""
     global _default
     _default = None
+
+
+def current_registries() -> Registries:
+    """The registries code builds with: those of the innermost ``with regs.active():`` (a
+    factory being built is inside its registries' block), else the installed plugins'."""
+    regs = active_registries()
+    return regs if regs is not None else get_plugin_manager().registries
+
+
+def get_registry(kind: str) -> Registry:
+    """The current registry of ``kind`` (``"backbone"`` or ``"backbones"``, ``"recipe"``, ...)."""
+    return current_registries()[kind]
+
+
+def build(kind: str, cfg, **runtime):
+    """Builds a component with the current registries:
+    ``build("backbone", {"name": "resnet50", "pool": "gem"})``."""
+    return current_registries().build(kind, cfg, **runtime)

@@ -1,11 +1,21 @@
 """Typed registries: what plugins registered, by kind, and building components from config dicts.
 
-A component config is ``{"name": <registered name>, **kwargs}`` (or just the name as a string).
-The kwargs are checked against the factory's signature before it is called, so a typo in a
-recipe is reported as the key, the nearest accepted one and the full accepted list, not as a
+Names: a plugin registers a bare name (``"margin"``); its full name is ``<plugin>/<name>``
+(``"multigrain/margin"``). A lookup takes the full name, or the bare name when exactly one
+loaded plugin registered it (``"resnet50"`` is ``"builtin/resnet50"``). Two plugins may register
+the same bare name; only the bare lookup is then refused, naming both full names.
+
+A component config is ``{"name": <name>, **kwargs}`` (or just the name as a string). The kwargs
+are checked against the factory's signature before it is called, so a typo in a recipe is
+reported as the key, the nearest accepted one and the full accepted list, not as a
 ``TypeError`` from deep inside a constructor.
+
+Code that builds uses the registries made active with ``with regs.active():`` (see
+:func:`fusedembed.plugins.current_registries`); a factory building sub-components calls
+``fusedembed.build`` and gets the registries that are building it.
 """
 
+import contextlib
 import contextvars
 import difflib
 import fnmatch
@@ -18,7 +28,7 @@ from typing import Annotated, Any, Callable, Dict, Iterator, List, Mapping, Opti
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")   # a bare name; the full one adds "<plugin>/"
 
 
 class RegistryError(Exception):
@@ -32,6 +42,10 @@ class UnknownNameError(RegistryError, LookupError):
 
 class DuplicateNameError(RegistryError):
     pass
+
+
+class AmbiguousNameError(UnknownNameError):
+    """A bare name that several plugins registered: the full ``<plugin>/<name>`` is needed."""
 
 
 class BuildError(RegistryError, TypeError):
@@ -65,7 +79,8 @@ KINDS: Dict[str, Kind] = {k.name: k for k in (
          runtime=("dataset",)),
     Kind("evaluator", "evaluators", "a callable evaluator(model, loader, *, device)", callable),
     Kind("model", "models", "an nn.Module", lambda o: isinstance(o, nn.Module)),
-    Kind("config", "configs", "a YAML file path"),
+    Kind("demo", "demos", "a callable demo(argv) -> exit code", callable),
+    Kind("recipe", "recipes", "a YAML file path"),
 )}
 
 
@@ -85,6 +100,8 @@ def closest(word: str, options) -> Optional[str]:
 
 
 def did_you_mean(word: str, options) -> str:
+    """``" (did you mean 'x'?)"`` for the closest of ``options``, else ``""``: the one hint
+    every unknown-name message of fusedembed uses."""
     near = closest(word, options)
     return f" (did you mean {near!r}?)" if near else ""
 
@@ -112,12 +129,16 @@ def _parameters(factory) -> Tuple[Optional[Tuple[str, ...]], Tuple[str, ...], Tu
 @dataclass(frozen=True)
 class Entry:
     kind: str
-    name: str
-    target: Any                      # the factory, or the Path of a config
+    name: str                        # full name, "<plugin>/<bare name>"
+    target: Any                      # the factory, or the Path of a recipe
     plugin: str
     description: str = ""
     accepted: Optional[Tuple[str, ...]] = None
     required: Tuple[str, ...] = ()
+
+    @property
+    def short(self) -> str:
+        return self.name.partition("/")[2]
 
     @property
     def origin(self) -> str:
@@ -149,13 +170,14 @@ class Registry:
     def __init__(self, kind: Kind, group: Optional["Registries"] = None):
         self.kind = kind
         self._group = group
-        self._entries: Dict[str, Entry] = {}
+        self._entries: Dict[str, Entry] = {}          # full name -> entry
+        self._bare: Dict[str, List[str]] = {}         # bare name -> full names
 
     def __repr__(self):
         return f"<Registry {self.kind.plural}: {len(self)} entries>"
 
     def __contains__(self, name) -> bool:
-        return name in self._entries
+        return name in self._entries or len(self._bare.get(name, ())) == 1
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -169,20 +191,21 @@ class Registry:
     def insert(self, entry: Entry) -> Entry:
         first = self._entries.get(entry.name)
         if first is not None:
-            hint = ("" if first.plugin == entry.plugin else
-                    f" Uninstall one of the two, or disable one with "
-                    f"FUSEDEMBED_DISABLE_PLUGINS={entry.plugin}.")
             raise DuplicateNameError(f"{self.kind.name} {entry.name!r} is registered twice: "
-                                     f"by {first} and by {entry}.{hint}")
+                                     f"by {first} and by {entry}")
         self._entries[entry.name] = entry
+        self._bare.setdefault(entry.short, []).append(entry.name)
         return entry
+
+    def _check_name(self, name) -> None:
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise RegistryError(f"{self.kind.name} name must be a non-empty string of letters, digits, "
+                                f"'_', '-' and '.' (the registry adds '<plugin>/'), got {name!r}")
 
     def make_entry(self, name, target, *, plugin: str, description: str = "") -> Entry:
         """Validates one registration (name, factory type and signature) without storing it."""
+        self._check_name(name)
         what = f"{self.kind.name} {name!r}"
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise RegistryError(f"{self.kind.name} name must be a non-empty string of letters, "
-                                f"digits, '_', '-' and '.', got {name!r}")
         if not callable(target):
             raise RegistryError(f"{what}: the factory must be callable (a function or class), "
                                 f"got {type(target).__name__}: {target!r}")
@@ -199,30 +222,50 @@ class Registry:
                                 f"{', '.join(accepted) or 'nothing'}")
         # Own docstring only: getdoc would give a bare nn.Module subclass nn.Module's text.
         doc = inspect.cleandoc(getattr(target, "__doc__", None) or "").splitlines()
-        return Entry(self.kind.name, name, target, plugin, description or (doc[0] if doc else ""),
-                     accepted, required)
+        return Entry(self.kind.name, f"{plugin}/{name}", target, plugin,
+                     description or (doc[0] if doc else ""), accepted, required)
 
     def get(self, name: str) -> Entry:
-        if name not in self._entries:
-            raise UnknownNameError(self._unknown(name))
-        return self._entries[name]
+        """The entry of a full name, or of a bare name exactly one plugin registered."""
+        if name in self._entries:
+            return self._entries[name]
+        full = self._bare.get(name, ()) if isinstance(name, str) else ()
+        if len(full) == 1:
+            return self._entries[full[0]]
+        if full:
+            raise AmbiguousNameError(f"{self.kind.name} {name!r} is registered by several plugins: "
+                                     f"name one of {', '.join(map(repr, sorted(full)))}")
+        raise UnknownNameError(self._unknown(name))
 
     def _unknown(self, name) -> str:
-        msg = f"unknown {self.kind.name} {name!r}{did_you_mean(name, self._entries)}."
-        msg += (f" Registered {self.kind.plural}: {', '.join(sorted(self._entries))}." if self._entries
-                else f" No {self.kind.plural} are registered.")
         unavailable = self._group.unavailable if self._group is not None else {}
+        plugin = str(name).partition("/")[0]
+        if "/" in str(name) and plugin in unavailable:
+            return (f"{self.kind.name} {name!r} comes from plugin {plugin!r}, which is not loaded: "
+                    f"{unavailable[plugin]}")
+        msg = f"unknown {self.kind.name} {name!r}{did_you_mean(name, [*self._bare, *self._entries])}."
+        msg += (f" Registered {self.kind.plural}: {', '.join(self.names())}." if self._entries
+                else f" No {self.kind.plural} are registered.")
         if unavailable:
             msg += " Plugins not loaded that may provide it: " + "; ".join(
                 f"{p} ({why})" for p, why in unavailable.items())
         return msg
 
+    def display_name(self, entry: Entry) -> str:
+        """The name to type: the bare name when it is unambiguous, else the full one."""
+        return entry.short if len(self._bare[entry.short]) == 1 else entry.name
+
+    def names(self, pattern: str = "*") -> List[str]:
+        """``display_name`` of the entries matching ``pattern``, sorted."""
+        return sorted(self.display_name(e) for e in self.entries(pattern))
+
     def list(self, pattern: str = "*") -> List[str]:
-        """Registered names matching a shell-style wildcard pattern (``"res*"``), sorted."""
+        """Full names whose full or bare name matches a shell-style pattern (``"res*"``), sorted."""
         return [e.name for e in self.entries(pattern)]
 
     def entries(self, pattern: str = "*") -> List[Entry]:
-        return [self._entries[n] for n in sorted(self._entries) if fnmatch.fnmatchcase(n, pattern)]
+        return [e for _, e in sorted(self._entries.items())
+                if fnmatch.fnmatchcase(e.name, pattern) or fnmatch.fnmatchcase(e.short, pattern)]
 
     def check(self, cfg, *, runtime=(), where: str = "") -> List[str]:
         """Problems building ``cfg`` would hit, without building; ``runtime`` names the
@@ -234,7 +277,7 @@ class Registry:
         except RegistryError as err:
             return [prefix + str(err)]
         kwargs = {k: v for k, v in cfg.items() if k != "name"}
-        what = f"{prefix}{self.kind.name} {entry.name!r}"
+        what = f"{prefix}{self.kind.name} {cfg['name']!r}"     # as the recipe wrote it
         problems = [f"{what}: {k!r} is passed by the trainer, remove it from the config"
                     for k in self.kind.runtime if k in kwargs]
         if entry.accepted is not None:
@@ -255,21 +298,18 @@ class Registry:
         """Calls the factory named by ``cfg["name"]`` with the other keys plus ``runtime``
         (``split=`` for datasets, ``dataset=`` for samplers) and checks what it returns."""
         cfg = normalize(cfg, self.kind.name)
+        problems = self.check(cfg, runtime=runtime)
         entry = self.get(cfg.pop("name"))
-        problems = self.check({"name": entry.name, **cfg}, runtime=runtime)
         if problems:
             raise BuildError("\n".join(problems))
         # Nested fusedembed.build() calls inside the factory use these same registries.
-        token = _current.set(self._group) if self._group is not None else None
-        try:
-            obj = entry.target(**cfg, **runtime)
-        except Exception as err:
-            if hasattr(err, "add_note"):
-                err.add_note(f"while building {self.kind.name} {entry.name!r} from {entry}")
-            raise
-        finally:
-            if token is not None:
-                _current.reset(token)
+        with (self._group.active() if self._group is not None else contextlib.nullcontext()):
+            try:
+                obj = entry.target(**cfg, **runtime)
+            except Exception as err:
+                if hasattr(err, "add_note"):
+                    err.add_note(f"while building {self.kind.name} {entry.name!r} from {entry}")
+                raise
         if self.kind.check is not None and not self.kind.check(obj):
             raise BuildError(f"{self.kind.name} {entry.name!r} from {entry} returned "
                              f"{type(obj).__name__}; a {self.kind.name} factory must return "
@@ -277,39 +317,33 @@ class Registry:
         return obj
 
 
-class ConfigRegistry(Registry):
-    """Recipe files, named ``<plugin>/<name>``."""
+class RecipeRegistry(Registry):
+    """YAML recipe files shipped in plugin packages."""
 
     def make_entry(self, name, target, *, plugin: str, description: str = "") -> Entry:
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise RegistryError(f"config name must be a non-empty string of letters, digits, "
-                                f"'_', '-' and '.', got {name!r}")
+        self._check_name(name)
         if not isinstance(target, (str, Path)):
-            raise RegistryError(f"config {name!r}: expected the path of a YAML file, "
+            raise RegistryError(f"recipe {name!r}: expected the path of a YAML file, "
                                 f"got {type(target).__name__}: {target!r}")
         path = Path(target)
         if not path.is_absolute():
-            raise RegistryError(f"config {name!r}: the path must be absolute (e.g. "
+            raise RegistryError(f"recipe {name!r}: the path must be absolute (e.g. "
                                 f"Path(__file__).parent / 'configs' / ...), got {str(path)!r}")
         if path.suffix not in (".yaml", ".yml") or not path.is_file():
-            raise RegistryError(f"config {name!r}: {path} is not an existing .yaml/.yml file")
+            raise RegistryError(f"recipe {name!r}: {path} is not an existing .yaml/.yml file")
         if not isinstance(description, str):
-            raise RegistryError(f"config {name!r}: description must be a string, "
+            raise RegistryError(f"recipe {name!r}: description must be a string, "
                                 f"got {type(description).__name__}")
         return Entry(self.kind.name, f"{plugin}/{name}", path, plugin, description)
 
-    def _unknown(self, name) -> str:
-        plugin = str(name).partition("/")[0]
-        unavailable = self._group.unavailable if self._group is not None else {}
-        if "/" in str(name) and plugin in unavailable:
-            return f"config {name!r} comes from plugin {plugin!r}, which is not loaded: {unavailable[plugin]}"
-        return super()._unknown(name)
+    def display_name(self, entry: Entry) -> str:
+        return entry.name           # recipes are shown as <plugin>/<name>, as commands write them
 
     def path(self, name: str) -> Path:
         return self.get(name).target
 
     def check(self, cfg, *, runtime=(), where: str = "") -> List[str]:
-        raise TypeError("configs are loaded with fusedembed.load_config, not built")
+        raise TypeError("recipes are loaded with fusedembed.load_recipe, not built")
 
     build = check
 
@@ -320,7 +354,7 @@ class Registries(Mapping):
 
     def __init__(self, unavailable: Optional[Mapping[str, str]] = None):
         self.unavailable = dict(unavailable or {})
-        self._by_kind = {name: (ConfigRegistry if name == "config" else Registry)(kind, self)
+        self._by_kind = {name: (RecipeRegistry if name == "recipe" else Registry)(kind, self)
                          for name, kind in KINDS.items()}
 
     def __getitem__(self, kind: str) -> Registry:
@@ -335,28 +369,23 @@ class Registries(Mapping):
     def build(self, kind: str, cfg, **runtime):
         return self[kind].build(cfg, **runtime)
 
-
-_current: contextvars.ContextVar = contextvars.ContextVar("fusedembed_registries", default=None)
-
-
-def current_registries() -> Registries:
-    """The registries in use: those building the enclosing component, else the default
-    plugin manager's (loading installed plugins on first use)."""
-    regs = _current.get()
-    if regs is None:
-        from .plugins import get_plugin_manager
-        regs = get_plugin_manager().registries
-    return regs
+    @contextlib.contextmanager
+    def active(self):
+        """Makes these the registries that ``fusedembed.build``, the recipe loader and the
+        trainer use inside the ``with`` block (a context variable: per thread and task)."""
+        token = _active.set(self)
+        try:
+            yield self
+        finally:
+            _active.reset(token)
 
 
-def get_registry(kind: str) -> Registry:
-    """The registry of ``kind`` (``"backbone"`` or ``"backbones"``, ``"config"``, ...)."""
-    return current_registries()[kind]
+_active: contextvars.ContextVar = contextvars.ContextVar("fusedembed_registries", default=None)
 
 
-def build(kind: str, cfg, **runtime):
-    """Builds a component: ``build("backbone", {"name": "resnet50", "pool": "gem"})``."""
-    return current_registries().build(kind, cfg, **runtime)
+def active_registries() -> Optional[Registries]:
+    """The registries of the innermost ``Registries.active()`` block, or None outside any."""
+    return _active.get()
 
 
 @dataclass(frozen=True)

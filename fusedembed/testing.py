@@ -1,5 +1,14 @@
-"""Helpers for tests of fusedembed and of its plugins."""
+"""Helpers for tests of fusedembed and of its plugins, and a pytest plugin (entry point
+``pytest11``, so any test suite in an environment with fusedembed gets it):
 
+- markers ``cuda`` (skipped when no CUDA GPU is visible; select the GPU half with
+  ``pytest -m cuda``) and ``slow``;
+- fixtures ``registries`` (the installed plugins' registries, made active for the test;
+  ``installed_registries`` for wider fixtures) and ``scenes_root`` (one cache folder of
+  generated scenes data for the whole session).
+"""
+
+import pytest
 import torch
 
 # Absolute/relative tolerances of a kernel against the float64 reference, by input dtype.
@@ -18,8 +27,6 @@ def tolerance(dtype: torch.dtype) -> dict:
 def cpu_and_cuda():
     """Device parameters for ``pytest.mark.parametrize("device", cpu_and_cuda())``: "cuda" carries
     the ``cuda`` marker, so it is skipped without a GPU and selected by ``pytest -m cuda``."""
-    import pytest
-
     return ("cpu", pytest.param("cuda", marks=pytest.mark.cuda))
 
 
@@ -28,7 +35,8 @@ def plugin_manager(*, builtin: bool = True, **plugins: str):
     installed or not, ignoring the FUSEDEMBED_* variables; for a plugin's own tests::
 
         regs = plugin_manager(example="fusedembed_example").registries
-        model = regs.build("model", load_config("example/tiny", registries=regs).model)
+        with regs.active():
+            model = fusedembed.build("model", fusedembed.load_recipe("example/tiny").model)
     """
     from importlib.metadata import EntryPoint
 
@@ -61,3 +69,45 @@ def pytorch_crf_decode(emissions, mask, transitions, start, end):
             tags.append(last.item())
         best.append(tags[::-1])
     return best
+
+
+# -- pytest plugin ---------------------------------------------------------------------------
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped when none is visible); "
+                                       "run with `pytest -m cuda`")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (wheel builds, "
+                                       "multi-process runs)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU visible")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def installed_registries():
+    """The registries of the installed plugins (ignoring FUSEDEMBED_* variables), loaded once
+    per session; use ``with installed_registries.active():`` in fixtures wider than a test."""
+    from .plugins import PluginManager
+
+    return PluginManager(env={}).registries
+
+
+@pytest.fixture
+def registries(installed_registries):
+    """``installed_registries``, active for the test: ``fusedembed.build`` and
+    ``fusedembed.load_recipe`` inside it use them."""
+    with installed_registries.active():
+        yield installed_registries
+
+
+@pytest.fixture(scope="session")
+def scenes_root(tmp_path_factory) -> str:
+    """One folder for the scenes data the session generates (``scenes(..., root=scenes_root)``),
+    so tests sharing a size share the files instead of generating them again."""
+    return str(tmp_path_factory.mktemp("scenes-cache"))

@@ -1,10 +1,10 @@
 """Datasets: the embedded demo data "scenes" and readers of real formats.
 
-Factories (the lead registers them as built-in datasets):
+Factories (the built-in plugin registers them as datasets):
 
 * ``scenes(split="train", root=None, num_images=None, image_size=64, seed=0, view="pair",
   vocab=None, train_images=None, transform=None, progress=True)`` — synthetic captioned
-  scenes, generated once and cached (:mod:`.scenes`).
+  scenes, generated once and cached (:mod:`.scene_dataset`).
 * ``karpathy(json_path, image_root, split="train", view="pair", vocab=None, min_count=1,
   captions_per_image=None, transform=None, skip_bad=False, verify_images=False, seed=0)`` —
   Flickr30k / MSCOCO Karpathy split JSON.

@@ -26,7 +26,8 @@ Run directory: ``config.yaml``, ``metrics.jsonl``, ``last.pt``, ``best.pt``, ``r
 
 from .checkpoint import CheckpointError
 from .data import eval_loader
-from .export import evaluate, export, load_model
+from .evaluate import evaluate, load_model
+from .export import export
 from .loop import NonFiniteLossError, Trainer, train
 
 __all__ = ["CheckpointError", "NonFiniteLossError", "Trainer", "eval_loader", "evaluate", "export", "load_model",

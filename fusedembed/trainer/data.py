@@ -65,10 +65,10 @@ def collate_of(dataset):
     return getattr(dataset, "collate", None) or collate
 
 
-def train_loader(dataset, recipe, world, sampler_cfg=None, build=None) -> DataLoader:
+def train_loader(dataset, recipe, world, sampler_cfg=None) -> DataLoader:
     cfg = recipe.trainer
     if sampler_cfg is not None:
-        from ..registry import get_registry
+        from ..plugins import build, get_registry
         entry = get_registry("sampler").get(sampler_cfg["name"] if isinstance(sampler_cfg, dict) else sampler_cfg)
         extra = {}
         if world.distributed and entry.accepted is not None and {"num_replicas", "rank"} <= set(entry.accepted):

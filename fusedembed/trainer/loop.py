@@ -17,11 +17,12 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..config import save_config, stage_recipes, to_dict
+from ..config import save_recipe, stage_recipes, to_dict
+from ..devices import resolve_device
 from ..recipe import Recipe, split_loss
-from ..registry import build as registry_build
+from ..plugins import build, get_registry
 from . import checkpoint as ckpt
-from . import distributed as D
+from .. import distributed as D
 from .data import eval_loader, set_dataset_epoch, to_device, train_loader
 from .logging import MetricsLog, Progress
 from .optim import Schedule, build_optimizers
@@ -42,11 +43,11 @@ class LossTerm:
     optional: frozenset             # arguments with a default: passed only when found
 
 
-def build_losses(entries, build=registry_build):
+def build_losses(entries):
     modules, terms, seen = nn.ModuleList(), [], {}
     for entry in entries:
         cfg, weight, inputs = split_loss(entry)
-        name = cfg["name"]
+        name = get_registry("loss").get(cfg["name"]).short     # logged as loss/<bare name>
         module = build("loss", cfg)
         params = {k: p for k, p in inspect.signature(module.forward).parameters.items()
                   if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
@@ -97,14 +98,6 @@ def carry_loss_state(modules, terms, prev: Dict[str, dict]) -> None:
             module.load_state_dict(state)
 
 
-def pick_device(cfg, world: D.World) -> torch.device:
-    if cfg.device != "auto":
-        return torch.device(cfg.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", world.local_rank)
-    return torch.device("cpu")
-
-
 def amp_dtype(cfg, device) -> Optional[torch.dtype]:
     """bf16 (or fp16) autocast on CUDA only; CPU trains in float32."""
     if device.type != "cuda" or cfg.amp == "off":
@@ -119,12 +112,12 @@ def set_bn_eval(model: nn.Module) -> None:
 
 
 class Trainer:
-    """Trains ``recipe`` into ``run_dir``. ``resume`` is a checkpoint path; ``on_step(trainer)``
-    runs after every optimizer step (tests use it to interrupt a run)."""
+    """Trains ``recipe`` into ``run_dir`` with the current registries. ``resume`` is a checkpoint
+    path; ``on_step(trainer)`` runs after every optimizer step (tests use it to interrupt a run)."""
 
     def __init__(self, recipe: Recipe, run_dir, *, resume=None, out: Callable[[str], None] = print,
-                 build=registry_build, on_step: Optional[Callable] = None):
-        self.recipe, self.run_dir, self.out, self.build, self.on_step = recipe, Path(run_dir), out, build, on_step
+                 on_step: Optional[Callable] = None):
+        self.recipe, self.run_dir, self.out, self.on_step = recipe, Path(run_dir), out, on_step
         self.resume_state = ckpt.load(resume) if resume else None
         self.stages = stage_recipes(recipe)
         if self.resume_state is not None:
@@ -133,9 +126,10 @@ class Trainer:
             if si >= len(names) or self.resume_state.get("stage_name") != names[si]:
                 raise ckpt.CheckpointError(f"{resume}: checkpoint is of stage {self.resume_state.get('stage_name')!r} "
                                            f"(#{si}), but this recipe's stages are {names}")
-        self.device = pick_device(recipe.trainer, D.World())
+        self.device = resolve_device(recipe.trainer.device, what="trainer.device")
         self.world = D.init(self.device.type)
-        self.device = pick_device(recipe.trainer, self.world)
+        self.device = resolve_device(recipe.trainer.device, local_rank=self.world.local_rank,
+                                     what="trainer.device")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.main = self.world.is_main
@@ -149,7 +143,7 @@ class Trainer:
     def fit(self) -> Dict[str, float]:
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.recipe, self.run_dir)
+            save_recipe(self.recipe, self.run_dir)
         try:
             prev = None
             start = int(self.resume_state["stage"]) if self.resume_state else 0
@@ -173,8 +167,8 @@ class Trainer:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.seed + si)
-        model = self.build("model", recipe.model)
-        losses, terms = build_losses(recipe.losses, self.build)
+        model = build("model", recipe.model)
+        losses, terms = build_losses(recipe.losses)
         if prev is not None:
             model.load_state_dict(prev[0])               # stage II starts from stage I's weights
             carry_loss_state(losses, terms, prev[1])
@@ -183,10 +177,10 @@ class Trainer:
         model.to(dev, memory_format=torch.channels_last) if channels_last else model.to(dev)
         losses.to(dev)
         optimizers = build_optimizers(model, losses, cfg)   # freezes lr_mult-0 parameters first
-        train_set = self.build("dataset", recipe.data.train, split="train") if recipe.data.train else None
+        train_set = build("dataset", recipe.data.train, split="train") if recipe.data.train else None
         if train_set is None:
             raise ValueError("the recipe has no data.train dataset")
-        loader = train_loader(train_set, recipe, self.world, recipe.data.sampler, self.build)
+        loader = train_loader(train_set, recipe, self.world, recipe.data.sampler)
         batches = len(loader.batch_sampler) + loader.batch_sampler.start
         steps_per_epoch = math.ceil(batches / cfg.accumulate)
         schedule = Schedule(optimizers, cfg, steps_per_epoch)
@@ -219,8 +213,8 @@ class Trainer:
                 model, device_ids=[dev.index] if dev.type == "cuda" else None)
         loss_params = [p for p in losses.parameters() if p.requires_grad]
         trainable = [p for p in raw.parameters() if p.requires_grad] + loss_params
-        val_set = self.build("dataset", recipe.data.val, split="val") if recipe.data.val else None
-        evaluators = [(e if isinstance(e, str) else e["name"], self.build("evaluator", e)) for e in recipe.evaluators]
+        val_set = build("dataset", recipe.data.val, split="val") if recipe.data.val else None
+        evaluators = [(e if isinstance(e, str) else e["name"], build("evaluator", e)) for e in recipe.evaluators]
         self.ctx = dict(si=si, name=name, recipe=recipe, raw=raw, losses=losses, optimizers=optimizers,
                         schedule=schedule, scaler=scaler, steps_per_epoch=steps_per_epoch)
         history: List[tuple] = []

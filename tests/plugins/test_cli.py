@@ -37,19 +37,30 @@ def test_plugins_reports_a_broken_plugin_and_exits_1(make_plugin):
     assert code == 1 and "--- broken (fe_test_broken) ---\nTraceback" in out
 
 
-def test_plugins_shows_disabled_and_conflicts(make_plugin, monkeypatch):
+def test_plugins_shows_disabled_and_shared_names(make_plugin, monkeypatch):
     code = "import fusedembed, torch\n@fusedembed.hookimpl\ndef fusedembed_register_losses(register):\n" \
            "    register('cross_entropy', torch.nn.CrossEntropyLoss)\n"
     make_plugin("clash", code)
     code_, out = run("plugins")
-    assert code_ == 1
-    assert "conflict: loss 'cross_entropy' is registered twice: by plugin 'builtin'" in out
+    assert code_ == 0 and "losses: cross_entropy" in next(l for l in out.splitlines() if l.startswith("clash"))
+    code_, out = run("list", "losses", "cross*")
+    assert code_ == 0 and [l.split()[:2] for l in out.splitlines()[1:]] == [
+        ["builtin/cross_entropy", "builtin"], ["clash/cross_entropy", "clash"]]
     monkeypatch.setenv("FUSEDEMBED_DISABLE_PLUGINS", "clash")
     from fusedembed.plugins import reset_plugin_manager
 
     reset_plugin_manager()
     code_, out = run("plugins")
     assert code_ == 0 and "disabled by FUSEDEMBED_DISABLE_PLUGINS" in out
+
+
+def test_demo_lists_the_registered_demos_and_runs_one_with_its_arguments(make_plugin):
+    make_plugin("shows", "import fusedembed\n@fusedembed.hookimpl\ndef fusedembed_register_demos(register):\n"
+                         "    register('hello', lambda argv: print('hello', *argv) or 3, description='says hello')\n")
+    code, out = run("demo")
+    assert code == 0 and ["hello", "shows", "says", "hello"] in [l.split() for l in out.splitlines()]
+    assert run("demo", "hello", "--fast", "x=1")[0] == 3
+    assert run("demo", "nope")[0] == 1
 
 
 def test_list(capsys):
@@ -67,33 +78,35 @@ def test_usage_errors_exit_2(capsys):
     assert "required: COMMAND" in capsys.readouterr().err
     assert run("list", "widgets")[0] == 2
     assert "unknown kind 'widgets'; expected one of: backbones" in capsys.readouterr().err
-    assert run("train")[0] == 2                      # CONFIG missing
+    assert run("train")[0] == 2                      # RECIPE missing
     assert run("eval", "x.yaml")[0] == 2             # --checkpoint missing
-    assert run("config")[0] == 2
+    assert run("recipe")[0] == 2
     assert run("plugins", "--bogus")[0] == 2
+    assert run("train", "r.yaml", "--run-dir", "d", "--bogus")[0] == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["plugins", "--help"], ["list", "--help"],
-                                  ["config", "--help"], ["config", "show", "--help"]])
+                                  ["recipe", "--help"], ["recipe", "show", "--help"], ["demo", "--help"]])
 def test_help_everywhere(argv, capsys):
     assert run(*argv)[0] == 0
     assert "usage: fusedembed" in capsys.readouterr().out
 
 
-def test_config_show_prints_the_resolved_recipe(tmp_path, capsys):
+def test_recipe_show_prints_the_resolved_recipe(tmp_path, capsys):
     path = tmp_path / "r.yaml"
     path.write_text("model: {name: image_embedding, backbone: tiny_cnn}\ntrainer: {epochs: 3}\n")
-    code, out = run("config", "show", str(path), "trainer.lr=0.02", "model.num_classes=5")
+    code, out = run("recipe", "show", str(path), "trainer.lr=0.02", "model.num_classes=5")
     assert code == 0
     shown = yaml.safe_load(out)
     assert shown["trainer"]["lr"] == 0.02 and shown["trainer"]["epochs"] == 3
     assert shown["model"] == {"name": "image_embedding", "backbone": "tiny_cnn", "num_classes": 5}
     assert shown["trainer"]["optimizer"]["name"] == "sgd"  # defaults filled in
 
-    code, out = run("config", "show", str(path), "trainer.lrr=0.02")
+    code, out = run("recipe", "show", str(path), "trainer.lrr=0.02")
     assert code == 1 and out == ""
     assert "unknown key 'trainer.lrr' (did you mean 'lr'?)" in capsys.readouterr().err
-    assert run("config", "show", str(tmp_path / "none.yaml"))[0] == 1
+    assert run("recipe", "show", str(tmp_path / "none.yaml"))[0] == 1
     assert "does not exist" in capsys.readouterr().err
 
 

@@ -15,14 +15,14 @@ ROOT = Path(__file__).resolve().parents[2]
 INSTALLED = textwrap.dedent("""
     import io
     import torch
-    from fusedembed import build, load_config
+    from fusedembed import build, load_recipe
     from fusedembed.cli import main
 
     out = io.StringIO()
     print("PLUGINS", main(["plugins"], out=out))
     print(out.getvalue())
-    print("SHOW", main(["config", "show", "example/tiny", "model.backbone.width=4"], out=io.StringIO()))
-    recipe = load_config("example/tiny")
+    print("SHOW", main(["recipe", "show", "example/tiny", "model.backbone.width=4"], out=io.StringIO()))
+    recipe = load_recipe("example/tiny")
     model = build("model", recipe.model)
     out = model({"image": torch.rand(2, 3, 16, 16)})
     print("BACKBONE", type(model.backbone).__module__, model.backbone.out_dim, tuple(out["logits"].shape))
@@ -62,7 +62,7 @@ def test_install_discover_use_uninstall(tmp_path):
     assert "PLUGINS 0" in lines and "SHOW 0" in lines
     row = next(l for l in lines if l.startswith("example "))
     assert row.split()[:4] == ["example", "0.1.0", "fusedembed-example", "loaded"]
-    assert "backbones: example_convnet" in row
+    assert "backbones: convnet" in row
     assert "BACKBONE fusedembed_example.components 16 (2, 4)" in lines
 
     proc = _run(python, "-m", "pip", "uninstall", "--yes", "--quiet", "fusedembed-example", env=env)

@@ -3,7 +3,7 @@ from importlib.metadata import EntryPoint
 import pytest
 
 import fusedembed
-from fusedembed.plugins import BUILTIN, GROUP, PluginConflictError, PluginManager, discover
+from fusedembed.plugins import BUILTIN, GROUP, PluginManager, discover
 from fusedembed.registry import UnknownNameError
 
 GOOD = """
@@ -53,21 +53,21 @@ def test_installed_plugin_is_discovered_with_its_version(make_plugin):
 
 def test_default_manager_and_public_api(make_plugin):
     make_plugin("good", GOOD)
-    assert "good_net" in fusedembed.get_registry("backbones").list("good*")
+    assert "good/good_net" in fusedembed.get_registry("backbones").list("good*")
     assert fusedembed.build("backbone", "good_net").out_dim == 4
 
 
-def test_duplicate_names_across_plugins_name_both(make_plugin):
+def test_same_bare_name_in_two_plugins_needs_the_full_name(make_plugin):
     make_plugin("first", GOOD, dist="fe-first")
     make_plugin("second", GOOD, dist="fe-second")
     manager = PluginManager()
     assert manager.plugins["first"].ok and manager.plugins["second"].ok
-    with pytest.raises(PluginConflictError) as err:
-        manager.registries
-    msg = str(err.value)
-    assert "backbone 'good_net' is registered twice" in msg and "loss 'good_loss'" in msg
-    assert "plugin 'first' (fe_test_first:Net)" in msg and "plugin 'second' (fe_test_second:Net)" in msg
-    assert "FUSEDEMBED_DISABLE_PLUGINS=second" in msg
+    regs = manager.registries
+    with pytest.raises(UnknownNameError, match=r"backbone 'good_net' is registered by several plugins: "
+                       r"name one of 'first/good_net', 'second/good_net'"):
+        regs.build("backbone", "good_net")
+    assert type(regs.build("backbone", "second/good_net")).__module__ == "fe_test_second"
+    assert regs["backbone"].names("*good*") == ["first/good_net", "second/good_net"]
 
 
 def test_duplicate_name_within_one_plugin_fails_that_plugin(make_plugin):
@@ -160,7 +160,7 @@ def test_plugin_raising_during_registration_registers_nothing(make_plugin):
     ("@fusedembed.hookimpl\ndef fusedembed_register_datasets(register):\n"
      "    register('d', lambda root: None)\n",
      "dataset 'd': a dataset factory must accept the argument(s) split (passed by the trainer)"),
-    ("@fusedembed.hookimpl\ndef fusedembed_register_configs(register):\n"
+    ("@fusedembed.hookimpl\ndef fusedembed_register_recipes(register):\n"
      "    register('c', 'configs/c.yaml')\n", "the path must be absolute"),
     ("@fusedembed.hookimpl\ndef fusedembed_register_losses(register):\n"
      "    register('bad name', lambda: None)\n", "got 'bad name'"),
@@ -184,9 +184,9 @@ def test_optional_unknown_hook_is_ignored(make_plugin):
 
 def test_config_of_a_failed_plugin_names_its_error(make_plugin):
     make_plugin("broken", "raise ImportError('needs libfoo')\n")
-    with pytest.raises(fusedembed.ConfigError, match="comes from plugin 'broken', which is not "
+    with pytest.raises(fusedembed.RecipeError, match="comes from plugin 'broken', which is not "
                                                      "loaded: ImportError: needs libfoo"):
-        fusedembed.load_config("broken/scenes")
+        fusedembed.load_recipe("broken/scenes")
 
 
 def test_plugin_name_declared_twice_keeps_the_first(make_plugin):

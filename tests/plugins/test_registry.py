@@ -5,8 +5,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from fusedembed.registry import (BuildError, DuplicateNameError, Registries, RegistryError,
-                                 UnknownNameError, kind_of)
+from fusedembed.registry import (AmbiguousNameError, BuildError, DuplicateNameError, Registries,
+                                 RegistryError, UnknownNameError, kind_of)
 
 
 class Toy(nn.Module):
@@ -46,18 +46,28 @@ def test_kinds_accept_singular_and_plural():
 
 def test_list_with_patterns_and_descriptions(regs):
     backbones = regs["backbones"]
-    assert backbones.list() == ["resnet18", "toy"] and list(backbones) == ["resnet18", "toy"]
-    assert backbones.list("res*") == ["resnet18"] and backbones.list("?o?") == ["toy"]
-    assert backbones.list("x*") == []
+    assert backbones.list() == ["p1/resnet18", "p1/toy"] and list(backbones) == ["p1/resnet18", "p1/toy"]
+    assert backbones.list("res*") == ["p1/resnet18"] and backbones.list("?o?") == ["p1/toy"]
+    assert backbones.list("p1/t*") == ["p1/toy"] and backbones.list("x*") == []
+    assert backbones.names() == ["resnet18", "toy"]        # bare: no other plugin has them
     assert backbones.get("toy").description == "Toy backbone."
-    assert backbones.get("resnet18").description == "not really"
+    assert backbones.get("p1/resnet18").description == "not really"
     assert backbones.get("toy").origin == f"{__name__}:Toy"
 
 
-def test_duplicate_names_raise_naming_both(regs):
-    with pytest.raises(DuplicateNameError, match=r"backbone 'toy' is registered twice: by plugin "
-                       r"'p1' \(.*:Toy\) and by plugin 'p2' .*FUSEDEMBED_DISABLE_PLUGINS=p2"):
-        regs["backbone"].add("toy", Toy, plugin="p2")
+def test_names_are_plugin_slash_name_and_bare_names_resolve_while_unambiguous(regs):
+    assert regs["backbone"].get("toy") is regs["backbone"].get("p1/toy") and "toy" in regs["backbone"]
+    regs["backbone"].add("toy", lambda width=3: Toy(width), plugin="p2")
+    assert "toy" not in regs["backbone"] and regs["backbone"].names("*toy") == ["p1/toy", "p2/toy"]
+    with pytest.raises(AmbiguousNameError, match=r"backbone 'toy' is registered by several plugins: "
+                       r"name one of 'p1/toy', 'p2/toy'"):
+        regs.build("backbone", {"name": "toy", "width": 2})
+    assert regs.build("backbone", "p2/toy").out_dim == 3 and regs.build("backbone", "p1/toy", width=5).out_dim == 5
+    with pytest.raises(DuplicateNameError, match=r"backbone 'p1/toy' is registered twice: by plugin "
+                       r"'p1' \(.*:Toy\) and by plugin 'p1'"):
+        regs["backbone"].add("toy", Toy, plugin="p1")
+    with pytest.raises(RegistryError, match="the registry adds '<plugin>/'"):
+        regs["backbone"].add("p3/toy", Toy, plugin="p3")
 
 
 def test_build_passes_kwargs_and_checks_them(regs):
@@ -102,7 +112,7 @@ def test_returned_type_is_checked():
     regs = Registries()
     regs["backbone"].add("no_dim", nn.Identity, plugin="p")
     regs["loss"].add("not_module", lambda: 3, plugin="p")
-    with pytest.raises(BuildError, match=r"backbone 'no_dim' from plugin 'p' .* returned Identity; a "
+    with pytest.raises(BuildError, match=r"backbone 'p/no_dim' from plugin 'p' .* returned Identity; a "
                        r"backbone factory must return an nn.Module with an int `out_dim` attribute"):
         regs.build("backbone", "no_dim")
     with pytest.raises(BuildError, match="returned int; a loss factory must return an nn.Module"):
@@ -119,7 +129,7 @@ def test_factory_errors_keep_their_type_and_say_where():
     with pytest.raises(ValueError, match="width must be even") as err:
         regs.build("model", "bad")
     if sys.version_info >= (3, 11):  # exception notes
-        assert err.value.__notes__ == ["while building model 'bad' from plugin 'p' "
+        assert err.value.__notes__ == ["while building model 'p/bad' from plugin 'p' "
                                        f"({__name__}:test_factory_errors_keep_their_type_and_say_where.<locals>.bad)"]
 
 
@@ -143,19 +153,19 @@ def test_config_registry_needs_absolute_existing_yaml(tmp_path):
     regs = Registries()
     cfg = tmp_path / "a.yaml"
     cfg.write_text("model: x\n")
-    assert regs["configs"].add("a", cfg, plugin="pl").name == "pl/a"
-    assert regs["config"].path("pl/a") == cfg
+    assert regs["recipes"].add("a", cfg, plugin="pl").name == "pl/a"
+    assert regs["recipe"].path("pl/a") == cfg
     with pytest.raises(RegistryError, match="is not an existing .yaml/.yml file"):
-        regs["config"].add("b", tmp_path / "b.yaml", plugin="pl")
-    with pytest.raises(TypeError, match="configs are loaded with fusedembed.load_config"):
-        regs.build("config", "pl/a")
+        regs["recipe"].add("b", tmp_path / "b.yaml", plugin="pl")
+    with pytest.raises(TypeError, match="recipes are loaded with fusedembed.load_recipe"):
+        regs.build("recipe", "pl/a")
 
 
-def test_unknown_config_of_unavailable_plugin():
+def test_unknown_recipe_of_unavailable_plugin():
     regs = Registries(unavailable={"dualpath": "disabled by FUSEDEMBED_DISABLE_PLUGINS"})
-    with pytest.raises(UnknownNameError, match="config 'dualpath/scenes' comes from plugin 'dualpath', "
+    with pytest.raises(UnknownNameError, match="recipe 'dualpath/scenes' comes from plugin 'dualpath', "
                        "which is not loaded: disabled by FUSEDEMBED_DISABLE_PLUGINS"):
-        regs["config"].get("dualpath/scenes")
+        regs["recipe"].get("dualpath/scenes")
 
 
 def test_builtin_components_build():

@@ -4,18 +4,13 @@ import yaml
 from fusedembed.config import validate
 
 
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("scenes-cache"))
-
-
 @pytest.fixture
-def make_recipe(data_root):
+def make_recipe(scenes_root):
     """A tiny multi-label recipe on 16x16 scenes; ``**sections`` merge over the defaults
     (``trainer={...}`` updates keys, others replace)."""
 
     def make(**sections):
-        scenes = {"name": "scenes", "root": data_root, "num_images": 32, "image_size": 16,
+        scenes = {"name": "scenes", "root": scenes_root, "num_images": 32, "image_size": 16,
                   "view": "image", "progress": False, "workers": 1}
         tree = {
             "model": {"name": "image_embedding", "num_classes": 57, "embed_dim": 8,

@@ -11,7 +11,7 @@ from torch import nn
 
 from fusedembed import cli
 from fusedembed.config import validate
-from fusedembed.registry import build as registry_build
+from fusedembed import build as registry_build
 from fusedembed.trainer import CheckpointError, NonFiniteLossError, Trainer, train
 from fusedembed.trainer.checkpoint import load as load_checkpoint
 from fusedembed.trainer.optim import build_optimizers, lr_factor
@@ -235,19 +235,15 @@ class NaNAfter(nn.Module):
 
 
 def test_nan_loss_stops_naming_step_and_loss_keeps_last_good_checkpoint(make_recipe, tmp_path):
-    recipe = make_recipe(losses=[{"name": "bce"}, {"name": "bce", "weight": 0.5}],
+    from fusedembed.builtin import BinaryCrossEntropy
+    from fusedembed.testing import plugin_manager
+
+    regs = plugin_manager().registries     # the built-ins plus a "test" plugin's bce that turns NaN
+    regs["loss"].add("bce", lambda: NaNAfter(BinaryCrossEntropy(), 3), plugin="test")
+    recipe = make_recipe(losses=[{"name": "builtin/bce"}, {"name": "test/bce", "weight": 0.5}],
                          trainer={"checkpoint_every": 2, "log_every": 4})
-    made = []
-
-    def build(kind, cfg, **runtime):
-        obj = registry_build(kind, cfg, **runtime)
-        if kind == "loss":
-            made.append(obj)
-            return NaNAfter(obj, 3) if len(made) == 2 else obj
-        return obj
-
-    with pytest.raises(NonFiniteLossError, match=r"loss 'bce_2' is nan at step 3") as err:
-        train(recipe, tmp_path, out=lambda _: None, build=build)
+    with regs.active(), pytest.raises(NonFiniteLossError, match=r"loss 'bce_2' is nan at step 3") as err:
+        train(recipe, tmp_path, out=lambda _: None)
     assert (err.value.step, err.value.loss) == (3, "bce_2")
     last = torch.load(tmp_path / "last.pt", weights_only=True)
     assert last["step"] == 2 and all(torch.isfinite(v).all() for v in last["model"].values()
@@ -312,8 +308,6 @@ def test_ddp_two_gloo_processes_match_one_process(make_recipe, dump_recipe, tmp_
 def test_demo_recipe_is_valid_against_the_registries():
     from fusedembed import demo
     from fusedembed.config import to_dict
-    from fusedembed.registry import current_registries
-
     r = demo.recipe(epochs=2, train_images=640, device="cpu")
-    assert validate(to_dict(r), registries=current_registries()) == r
+    assert validate(to_dict(r), check=True) == r
     assert (r.trainer.epochs, r.data.train["num_images"], r.trainer.log_every) == (2, 640, 10)

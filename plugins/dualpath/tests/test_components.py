@@ -5,35 +5,36 @@ import struct
 import pytest
 import torch
 
-from fusedembed import load_config
+from fusedembed import load_recipe
 from fusedembed.data import Vocab
 from fusedembed_dualpath.shift import all_placements, fit_lengths, place, random_offsets
 
 
-def test_registers_every_component_and_recipe(regs):
-    assert "textcnn" in regs["backbone"].list()
-    assert "dualpath" in regs["model"].list()
-    assert {"instance", "bidir_ranking"} <= set(regs["loss"].list())
-    assert {"dualpath_flickr30k", "dualpath_coco", "cuhk_pedes"} <= set(regs["dataset"].list())
-    assert "dualpath_retrieval" in regs["evaluator"].list()
-    assert regs["config"].list("dualpath/*") == ["dualpath/coco", "dualpath/cuhk_pedes", "dualpath/flickr30k",
-                                                 "dualpath/scenes"]
+def test_registers_every_component_and_recipe(registries):
+    assert "dualpath/textcnn" in registries["backbone"].list()
+    assert "dualpath/dualpath" in registries["model"].list()
+    assert {"dualpath/instance", "dualpath/bidir_ranking"} <= set(registries["loss"].list())
+    assert {"dualpath/flickr30k", "dualpath/coco", "dualpath/cuhk_pedes"} <= set(registries["dataset"].list())
+    assert "dualpath/retrieval" in registries["evaluator"].list()
+    assert "dualpath/dualpath" in registries["demo"].list()
+    assert registries["recipe"].list("dualpath/*") == ["dualpath/coco", "dualpath/cuhk_pedes", "dualpath/flickr30k",
+                                                       "dualpath/scenes"]
 
 
 @pytest.mark.parametrize("name", ["flickr30k", "coco", "cuhk_pedes", "scenes"])
-def test_recipes_validate_with_two_stages(regs, name):
-    recipe = load_config(f"dualpath/{name}", registries=regs)
+def test_recipes_validate_with_two_stages(registries, name):
+    recipe = load_recipe(f"dualpath/{name}")
     assert [s["name"] for s in recipe.stages] == ["stage1", "stage2"]
     stage1, stage2 = recipe.stages
     assert stage1["trainer"]["optimizer"]["lr_mult"]["image.backbone.*"] == 0          # CNN frozen
     assert 0 < stage2["trainer"]["optimizer"]["lr_mult"]["image.backbone.*"]          # then unfrozen
-    assert [loss["name"] for loss in stage2["losses"]] == ["bidir_ranking", "instance"]
+    assert [loss["name"] for loss in stage2["losses"]] == ["dualpath/bidir_ranking", "dualpath/instance"]
     assert recipe.trainer.optimizer.nesterov and recipe.trainer.optimizer.momentum == 0.9
     assert recipe.trainer.optimizer.weight_decay == 1e-4
 
 
-def test_textcnn_default_is_the_authors_net_and_halves_the_sentence_twice(regs):
-    net = regs.build("backbone", {"name": "textcnn", "vocab_size": 50})
+def test_textcnn_default_is_the_authors_net_and_halves_the_sentence_twice(registries):
+    net = registries.build("backbone", {"name": "textcnn", "vocab_size": 50})
     assert net.out_dim == 2048 and net.max_len == 32
     assert [b.expand[0].out_channels for b in net.blocks] == [256] * 3 + [512] * 4 + [1024] * 6 + [2048]
     lengths = []
@@ -47,8 +48,8 @@ def test_textcnn_default_is_the_authors_net_and_halves_the_sentence_twice(regs):
     assert net.blocks[0].conv.kernel_size == (2,)            # the 1x2 conv over two words
 
 
-def test_textcnn_mid_conv_sees_only_the_word_and_its_left_neighbour(regs):
-    net = regs.build("backbone", {"name": "textcnn", "vocab_size": 20, "word_dim": 8, "widths": [8],
+def test_textcnn_mid_conv_sees_only_the_word_and_its_left_neighbour(registries):
+    net = registries.build("backbone", {"name": "textcnn", "vocab_size": 20, "word_dim": 8, "widths": [8],
                                   "blocks": [1], "strides": [1], "fc_dim": 8, "dropout": 0.0})
     block = net.blocks[0].eval()
     x = torch.randn(1, 8, 10)
@@ -67,7 +68,7 @@ def _vocab(tmp_path):
     return path
 
 
-def test_word2vec_text_and_binary_files_initialise_the_embedding(regs, tmp_path):
+def test_word2vec_text_and_binary_files_initialise_the_embedding(registries, tmp_path):
     vectors = {"red": [1.0, 2.0, 3.0], "circle": [-1.0, 0.5, 0.25]}
     text = tmp_path / "w2v.txt"
     text.write_text("2 3\n" + "".join(f"{w} {' '.join(map(str, v))}\n" for w, v in vectors.items()))
@@ -77,7 +78,7 @@ def test_word2vec_text_and_binary_files_initialise_the_embedding(regs, tmp_path)
         for w, v in vectors.items():
             f.write(w.encode() + b" " + struct.pack("<3f", *v) + b"\n")
     for path in (text, binary):
-        net = regs.build("backbone", {"name": "textcnn", "vocab_path": str(_vocab(tmp_path)), "word_dim": 3,
+        net = registries.build("backbone", {"name": "textcnn", "vocab_path": str(_vocab(tmp_path)), "word_dim": 3,
                                       "word2vec_path": str(path), "widths": [4], "blocks": [1], "strides": [1],
                                       "fc_dim": 4})
         assert net.vocab_size == 4
@@ -85,16 +86,16 @@ def test_word2vec_text_and_binary_files_initialise_the_embedding(regs, tmp_path)
         assert net.embed.weight[0].abs().sum() == 0           # <pad>
 
 
-def test_textcnn_errors_name_the_argument(regs, tmp_path):
+def test_textcnn_errors_name_the_argument(registries, tmp_path):
     with pytest.raises(ValueError, match=r"vocab_size must be >= 2 .* got 1"):
-        regs.build("backbone", {"name": "textcnn", "vocab_size": 1})
+        registries.build("backbone", {"name": "textcnn", "vocab_size": 1})
     with pytest.raises(ValueError, match="word_dim is 5 but .* 3-d vectors"):
         path = tmp_path / "w.txt"
         path.write_text("red 1 2 3\n")
-        regs.build("backbone", {"name": "textcnn", "vocab_path": str(_vocab(tmp_path)), "word_dim": 5,
+        registries.build("backbone", {"name": "textcnn", "vocab_path": str(_vocab(tmp_path)), "word_dim": 5,
                                 "word2vec_path": str(path)})
     with pytest.raises(FileNotFoundError, match="word2vec_path"):
-        regs.build("backbone", {"name": "textcnn", "vocab_path": str(_vocab(tmp_path)),
+        registries.build("backbone", {"name": "textcnn", "vocab_path": str(_vocab(tmp_path)),
                                 "word2vec_path": str(tmp_path / "missing.bin")})
 
 
@@ -123,9 +124,9 @@ def test_random_offsets_stay_inside_the_window_and_vary():
 
 
 @pytest.fixture()
-def small_model(regs):
+def small_model(registries):
     torch.manual_seed(0)
-    return regs.build("model", {
+    return registries.build("model", {
         "name": "dualpath", "dim": 16, "max_len": 8, "image_backbone": {"name": "tiny_cnn", "width": 4, "depth": 2},
         "text_backbone": {"name": "textcnn", "vocab_size": 30, "max_len": 8, "word_dim": 8, "widths": [8, 16],
                           "blocks": [1, 1], "strides": [1, 2], "fc_dim": 16}})
@@ -157,7 +158,7 @@ def test_model_rejects_token_ids_beyond_its_vocabulary(small_model):
         small_model({"tokens": torch.tensor([[30, 2]])})
 
 
-def test_model_checks_the_two_branches_share_one_space(regs):
+def test_model_checks_the_two_branches_share_one_space(registries):
     with pytest.raises(ValueError, match="out_dim must equal dim .* got out_dim=8, dim=16"):
-        regs.build("model", {"name": "dualpath", "dim": 16, "image_backbone": "tiny_cnn",
+        registries.build("model", {"name": "dualpath", "dim": 16, "image_backbone": "tiny_cnn",
                              "text_backbone": {"name": "textcnn", "vocab_size": 5, "fc_dim": 8}})

@@ -81,7 +81,7 @@ def _images(root, names):
         Image.new("RGB", (20, 12), (10 * i, 0, 0)).save(root / name)
 
 
-def test_karpathy_recipe_data_and_the_authors_split(regs, tmp_path):
+def test_karpathy_recipe_data_and_the_authors_split(registries, tmp_path):
     names = [f"{i}.jpg" for i in range(5)]
     _images(tmp_path / "img", names)
     split = ["train", "train", "train", "val", "test"]
@@ -89,42 +89,42 @@ def test_karpathy_recipe_data_and_the_authors_split(regs, tmp_path):
                                                                  {"raw": "two cats", "tokens": ["two", "cats"]}]}
                       for i, (n, s) in enumerate(zip(names, split))]}
     (tmp_path / "d.json").write_text(json.dumps(doc))
-    cfg = {"name": "dualpath_flickr30k", "json_path": str(tmp_path / "d.json"), "image_root": str(tmp_path / "img"),
+    cfg = {"name": "dualpath/flickr30k", "json_path": str(tmp_path / "d.json"), "image_root": str(tmp_path / "img"),
            "image_size": 16, "vocab_path": str(tmp_path / "vocab.json")}
-    train = regs.build("dataset", cfg, split="train")
+    train = registries.build("dataset", cfg, split="train")
     item = train[0]
     assert item["image"].shape == (3, 16, 16) and train.num_images == 3 and len(train) == 3   # image view
     assert Vocab.load(tmp_path / "vocab.json") == train.vocab          # written for the TextCNN
-    net = regs.build("backbone", {"name": "textcnn", "vocab_path": str(tmp_path / "vocab.json"), "widths": [4],
+    net = registries.build("backbone", {"name": "textcnn", "vocab_path": str(tmp_path / "vocab.json"), "widths": [4],
                                   "blocks": [1], "strides": [1], "fc_dim": 4})
     assert net.vocab_size == len(train.vocab)
     (tmp_path / "train.txt").write_text("4.jpg\n0.jpg\n")
     (tmp_path / "test.txt").write_text("3.jpg\n")
     lists = {"train": str(tmp_path / "train.txt"), "test": str(tmp_path / "test.txt")}
-    authors = regs.build("dataset", {**cfg, "vocab_path": None, "split_lists": lists, "view": "pair"}, split="test")
+    authors = registries.build("dataset", {**cfg, "vocab_path": None, "split_lists": lists, "view": "pair"}, split="test")
     assert [p.rsplit("/", 1)[1] for p in authors.paths] == ["3.jpg"] and len(authors) == 2
     (tmp_path / "test.txt").write_text("9.jpg\n")
     with pytest.raises(ValueError, match=r"test.txt:line 1: image '9.jpg' is not in"):
-        regs.build("dataset", {**cfg, "vocab_path": None, "split_lists": lists}, split="test")
+        registries.build("dataset", {**cfg, "vocab_path": None, "split_lists": lists}, split="test")
 
 
-def test_cuhk_pedes_instance_is_the_identity(regs, tmp_path):
+def test_cuhk_pedes_instance_is_the_identity(registries, tmp_path):
     names = [f"p{i}.png" for i in range(4)]
     _images(tmp_path / "imgs", names)
     records = [{"split": "train", "file_path": n, "id": pid, "captions": [f"a man in a red coat {i}"],
                 "processed_tokens": [["a", "man", "in", "a", "red", "coat"]]}
                for i, (n, pid) in enumerate(zip(names, [11, 11, 42, 42]))]
     (tmp_path / "reid_raw.json").write_text(json.dumps(records))
-    data = regs.build("dataset", {"name": "cuhk_pedes", "json_path": str(tmp_path / "reid_raw.json"),
+    data = registries.build("dataset", {"name": "dualpath/cuhk_pedes", "json_path": str(tmp_path / "reid_raw.json"),
                                   "image_root": str(tmp_path / "imgs"), "image_size": 16}, split="train")
     assert [data[i]["instance"] for i in range(4)] == [0, 0, 1, 1]
     assert [data[i]["image_index"] for i in range(4)] == [0, 1, 2, 3] and data.num_identities == 2
     with pytest.raises(ValueError, match="no records of split 'test'"):
-        regs.build("dataset", {"name": "cuhk_pedes", "json_path": str(tmp_path / "reid_raw.json"),
+        registries.build("dataset", {"name": "dualpath/cuhk_pedes", "json_path": str(tmp_path / "reid_raw.json"),
                                "image_root": str(tmp_path / "imgs")}, split="test")
 
 
-def test_identity_protocol_reads_the_pedes_identities(regs, tmp_path):
+def test_identity_protocol_reads_the_pedes_identities(registries, tmp_path):
     # A model whose embeddings are all equal: pessimistic ties put every non-match first, so a
     # caption's rank is 1 + the images not counted as its match: 3 by image, 2 by person.
     names = [f"p{i}.png" for i in range(4)]
@@ -132,7 +132,7 @@ def test_identity_protocol_reads_the_pedes_identities(regs, tmp_path):
     records = [{"split": "test", "file_path": n, "id": pid, "captions": [f"a man in a red coat {i}"]}
                for i, (n, pid) in enumerate(zip(names, [11, 11, 42, 42]))]
     (tmp_path / "reid_raw.json").write_text(json.dumps(records))
-    data = regs.build("dataset", {"name": "cuhk_pedes", "json_path": str(tmp_path / "reid_raw.json"),
+    data = registries.build("dataset", {"name": "dualpath/cuhk_pedes", "json_path": str(tmp_path / "reid_raw.json"),
                                   "image_root": str(tmp_path / "imgs"), "image_size": 16, "view": "pair"},
                       split="test")
 

@@ -59,8 +59,8 @@ def test_peak_memory_is_bounded_by_the_chunk_and_matches_the_analysis():
     assert chunked["peak_bytes"] < 1.5 * analytic(b, c, d, 1024)
 
 
-def test_instance_loss_is_one_classifier_on_both_branches(regs):
-    loss = regs.build("loss", {"name": "instance", "num_classes": 3, "dim": 2, "text_weight": 0.5})
+def test_instance_loss_is_one_classifier_on_both_branches(registries):
+    loss = registries.build("loss", {"name": "instance", "num_classes": 3, "dim": 2, "text_weight": 0.5})
     with torch.no_grad():
         loss.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
     img, txt = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 1.0]])
@@ -73,10 +73,10 @@ def test_instance_loss_is_one_classifier_on_both_branches(regs):
     assert loss.bias is None and set(loss.state_dict()) == {"weight"}
 
 
-def test_instance_loss_sum_reduction_adds_up_the_batch(regs):
+def test_instance_loss_sum_reduction_adds_up_the_batch(registries):
     torch.manual_seed(0)
-    summed = regs.build("loss", {"name": "instance", "num_classes": 10, "dim": 4, "bias": True})
-    mean = regs.build("loss", {"name": "instance", "num_classes": 10, "dim": 4, "bias": True, "reduction": "mean"})
+    summed = registries.build("loss", {"name": "instance", "num_classes": 10, "dim": 4, "bias": True})
+    mean = registries.build("loss", {"name": "instance", "num_classes": 10, "dim": 4, "bias": True, "reduction": "mean"})
     mean.load_state_dict(summed.state_dict())
     f, g, y = torch.randn(6, 4), torch.randn(6, 4), torch.randint(10, (6,))
     assert summed(y, f, g).item() == pytest.approx(6 * mean(y, f, g).item(), rel=1e-5)
@@ -84,10 +84,10 @@ def test_instance_loss_sum_reduction_adds_up_the_batch(regs):
     assert summed(y, f, g).item() == pytest.approx(ref.item(), rel=1e-5)
 
 
-def test_instance_loss_errors_name_the_argument(regs):
+def test_instance_loss_errors_name_the_argument(registries):
     with pytest.raises(ValueError, match="instance: num_classes must be > 0, got 0"):
-        regs.build("loss", {"name": "instance", "num_classes": 0})
-    loss = regs.build("loss", {"name": "instance", "num_classes": 4, "dim": 2})
+        registries.build("loss", {"name": "instance", "num_classes": 0})
+    loss = registries.build("loss", {"name": "instance", "num_classes": 4, "dim": 2})
     with pytest.raises(ValueError, match=r"labels must be in \[0, 4\) .* max 4"):
         loss(torch.tensor([4]), torch.randn(1, 2))
     with pytest.raises(ValueError, match="needs image_features or text_features"):
@@ -101,18 +101,18 @@ def _pair():
     return img, txt, img @ txt.T
 
 
-def test_ranking_loss_hardest_and_sum_match_hand_computation(regs):
+def test_ranking_loss_hardest_and_sum_match_hand_computation(registries):
     img, txt, s = _pair()
     m = 0.5
     hand = sum(max(0, m - s[i, i] + s[i, 1 - i]) + max(0, m - s[i, i] + s[1 - i, i]) for i in range(2))
     for negatives in ("hardest", "sum"):          # one negative each: both agree
-        loss = regs.build("loss", {"name": "bidir_ranking", "margin": m, "negatives": negatives, "dim": 2})
+        loss = registries.build("loss", {"name": "bidir_ranking", "margin": m, "negatives": negatives, "dim": 2})
         assert loss(img, txt).item() == pytest.approx(float(hand), rel=1e-6)
     three_img = torch.cat([img, F.normalize(torch.tensor([[1.0, 1.0]]), dim=1)])
     three_txt = torch.cat([txt, F.normalize(torch.tensor([[1.0, 0.9]]), dim=1)])
     s3 = three_img @ three_txt.T
-    hardest = regs.build("loss", {"name": "bidir_ranking", "margin": m, "negatives": "hardest", "dim": 2})
-    summed = regs.build("loss", {"name": "bidir_ranking", "margin": m, "negatives": "sum", "dim": 2})
+    hardest = registries.build("loss", {"name": "bidir_ranking", "margin": m, "negatives": "hardest", "dim": 2})
+    summed = registries.build("loss", {"name": "bidir_ranking", "margin": m, "negatives": "sum", "dim": 2})
     hinge = (m - s3.diag()[:, None] + s3).clamp(min=0).fill_diagonal_(0)
     hinge_img = (m - s3.diag()[None] + s3).clamp(min=0).fill_diagonal_(0)
     assert hardest(three_img, three_txt).item() == pytest.approx(float(hinge.max(1).values.sum()
@@ -120,14 +120,14 @@ def test_ranking_loss_hardest_and_sum_match_hand_computation(regs):
     assert summed(three_img, three_txt).item() == pytest.approx(float(hinge.sum() + hinge_img.sum()), rel=1e-6)
 
 
-def test_ranking_loss_never_uses_the_same_instance_as_a_negative(regs):
+def test_ranking_loss_never_uses_the_same_instance_as_a_negative(registries):
     img, txt, _ = _pair()
-    loss = regs.build("loss", {"name": "bidir_ranking", "margin": 0.5, "dim": 2})
+    loss = registries.build("loss", {"name": "bidir_ranking", "margin": 0.5, "dim": 2})
     assert loss(img, txt, torch.tensor([7, 7])).item() == 0.0     # two captions of one image
 
 
-def test_candidate_negatives_come_from_a_bank_without_grad(regs):
-    loss = regs.build("loss", {"name": "bidir_ranking", "margin": 1.0, "negatives": "candidates",
+def test_candidate_negatives_come_from_a_bank_without_grad(registries):
+    loss = registries.build("loss", {"name": "bidir_ranking", "margin": 1.0, "negatives": "candidates",
                                "num_candidates": 4, "dim": 2})
     img, txt, _ = _pair()
     first = loss(img, txt, torch.tensor([0, 1]))
@@ -146,8 +146,8 @@ def test_candidate_negatives_come_from_a_bank_without_grad(regs):
     assert loss.bank_instance.tolist() == [0, 1, 5, -1]
 
 
-def test_ranking_loss_errors_name_the_argument(regs):
+def test_ranking_loss_errors_name_the_argument(registries):
     with pytest.raises(ValueError, match="negatives must be one of .* got 'all'"):
-        regs.build("loss", {"name": "bidir_ranking", "negatives": "all"})
+        registries.build("loss", {"name": "bidir_ranking", "negatives": "all"})
     with pytest.raises(ValueError, match="margin must be >= 0, got -1"):
-        regs.build("loss", {"name": "bidir_ranking", "margin": -1})
+        registries.build("loss", {"name": "bidir_ranking", "margin": -1})

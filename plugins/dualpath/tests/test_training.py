@@ -9,7 +9,7 @@ from fusedembed.trainer import train
 
 
 @pytest.fixture(scope="module")
-def run(tiny_recipe, regs, tmp_path_factory):
+def run(tiny_recipe, installed_registries, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     seen = {}
 
@@ -19,10 +19,11 @@ def run(tiny_recipe, regs, tmp_path_factory):
             {"model": {k: v.clone() for k, v in c["raw"].state_dict().items() if k.startswith("image.backbone.")},
              "classifier": c["losses"][-1].weight.detach().clone()})
 
-    recipe = tiny_recipe()
-    torch.manual_seed(0)
-    init = regs.build("model", recipe.model).state_dict()
-    metrics = train(recipe, run_dir, out=lambda _: None, build=regs.build, on_step=record)
+    with installed_registries.active():
+        recipe = tiny_recipe()
+        torch.manual_seed(0)
+        init = installed_registries.build("model", recipe.model).state_dict()
+        metrics = train(recipe, run_dir, out=lambda _: None, on_step=record)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"dir": run_dir, "metrics": metrics, "rows": rows, "seen": seen, "init": init}
 
@@ -57,11 +58,11 @@ def test_evaluation_produces_the_retrieval_table(run):
     assert (run["dir"] / "report.md").is_file() and (run["dir"] / "loss.png").is_file()
 
 
-def test_demo_table_and_picture_from_the_run(run, tiny_recipe, regs):
+def test_demo_table_and_picture_from_the_run(run, tiny_recipe, registries):
     from fusedembed_dualpath import demo
 
     recipe = tiny_recipe()
-    test_set, img, txt, g = demo.test_embeddings(recipe, run["dir"] / "last.pt", "cpu", build=regs.build)
+    test_set, img, txt, g = demo.test_embeddings(recipe, run["dir"] / "last.pt", "cpu")
     assert img.shape == (16, 32) and len(txt) == len(g) == test_set.num_captions
     torch.testing.assert_close(img.norm(dim=1), torch.ones(16))
     from fusedembed_dualpath.report import retrieval_examples

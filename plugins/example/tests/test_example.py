@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fusedembed import load_config
+from fusedembed import load_recipe
 from fusedembed.recipe import split_loss
 from fusedembed.testing import plugin_manager
 
@@ -14,25 +14,25 @@ def regs():
 
 
 def test_registers_its_components(regs):
-    assert regs["backbone"].list("example_*") == ["example_convnet"]
-    assert regs["loss"].list("example_*") == ["example_center"]
-    assert regs["dataset"].list("example_*") == ["example_noise"]
-    assert regs["config"].list("example/*") == ["example/tiny"]
+    assert regs["backbone"].list("example/*") == ["example/convnet"]
+    assert regs["loss"].list("example/*") == ["example/center"]
+    assert regs["dataset"].list("example/*") == ["example/noise"]
+    assert regs["recipe"].list("example/*") == ["example/tiny"]
 
 
 def test_components_build_from_config(regs):
-    net = regs.build("backbone", {"name": "example_convnet", "width": 4, "out_dim": 6})
+    net = regs.build("backbone", {"name": "example/convnet", "width": 4, "out_dim": 6})
     assert net.out_dim == 6 and net(torch.rand(2, 3, 16, 16)).shape == (2, 6)
-    data = regs.build("dataset", {"name": "example_noise", "length": 10, "num_classes": 3}, split="val")
+    data = regs.build("dataset", {"name": "example/noise", "length": 10, "num_classes": 3}, split="val")
     item = data[0]
     assert len(data) == 10 and set(item) == {"image", "label", "index"}
     assert item["image"].shape == (3, 16, 16) and 0 <= item["label"] < 3
-    again = regs.build("dataset", {"name": "example_noise", "length": 10, "num_classes": 3}, split="val")
+    again = regs.build("dataset", {"name": "example/noise", "length": 10, "num_classes": 3}, split="val")
     torch.testing.assert_close(again[3]["image"], data[3]["image"])  # deterministic
 
 
 def test_center_loss_matches_a_hand_computed_case(regs):
-    loss = regs.build("loss", {"name": "example_center", "num_classes": 2, "dim": 2})
+    loss = regs.build("loss", {"name": "example/center", "num_classes": 2, "dim": 2})
     with torch.no_grad():
         loss.centers.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
     embedding = torch.tensor([[3.0, 4.0], [1.0, 2.0]])
@@ -42,7 +42,8 @@ def test_center_loss_matches_a_hand_computed_case(regs):
 
 
 def test_recipe_trains_a_few_steps(regs):
-    recipe = load_config("example/tiny", registries=regs)
+    with regs.active():
+        recipe = load_recipe("example/tiny")
     torch.manual_seed(0)
     model = regs.build("model", recipe.model)
     losses = []

@@ -160,19 +160,19 @@ def cuhk_pedes(split: str, json_path: str, image_root: str, image_size: int = 22
 
 
 def main(argv=None) -> None:
-    """``python -m fusedembed_dualpath.datasets CONFIG [OVERRIDES]``: builds the recipe's training
+    """``python -m fusedembed_dualpath.datasets RECIPE [OVERRIDES]``: builds the recipe's training
     set once, which writes its vocabulary to ``vocab_path`` (the text backbone reads it)."""
     import argparse
 
-    from fusedembed import build, load_config
+    from fusedembed import build, load_recipe
 
     p = argparse.ArgumentParser(prog="python -m fusedembed_dualpath.datasets", description=main.__doc__)
-    p.add_argument("config")
+    p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
-    recipe = load_config(args.config, args.overrides, check=False)
+    recipe = load_recipe(args.recipe, args.overrides, check=False)
     data = build("dataset", recipe.data.train, split="train")
-    print(f"{args.config}: {data.num_images} training images, {data.num_captions} captions, "
+    print(f"{args.recipe}: {data.num_images} training images, {data.num_captions} captions, "
           f"vocabulary of {len(data.vocab)} at {recipe.data.train.get('vocab_path')}")
 
 

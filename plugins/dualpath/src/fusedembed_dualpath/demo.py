@@ -3,7 +3,7 @@ through the trainer, then on the test split prints the retrieval table of the mo
 chance and the bag-of-words + CCA baseline, and adds the table and a picture of retrieval
 examples to the run's report.
 
-    python -m fusedembed_dualpath.demo [--run-dir runs/demo] [OVERRIDES ...]
+    fusedembed demo dualpath [--run-dir runs/demo] [OVERRIDES ...]
 """
 
 import argparse
@@ -14,20 +14,21 @@ from pathlib import Path
 
 import torch
 
-from fusedembed import build, load_config
+from fusedembed import build, load_recipe
+from fusedembed.devices import resolve_device
 
 from .baseline import BowCCA
 from .evaluator import RetrievalEvaluator, encode
 from .report import chance_metrics, retrieval_examples, table
 
-CONFIG = "dualpath/scenes"
+RECIPE = "dualpath/scenes"
 
 
-def test_embeddings(recipe, checkpoint, device, build=build):
+def test_embeddings(recipe, checkpoint, device):
     """(test dataset, image embeddings, caption embeddings, caption_to_image) of a checkpoint."""
     from fusedembed.trainer import eval_loader, load_model
 
-    model = load_model(recipe, checkpoint, device=device, build=build)
+    model = load_model(recipe, checkpoint, device=device)
     test_set = build("dataset", recipe.data.test, split="test")
     return (test_set, *encode(model, eval_loader(test_set, recipe), device=device))
 
@@ -35,12 +36,12 @@ def test_embeddings(recipe, checkpoint, device, build=build):
 def run(run_dir="runs/demo", overrides=(), out=print) -> dict:
     from fusedembed.trainer import train
 
-    recipe = load_config(CONFIG, list(overrides))
+    recipe = load_recipe(RECIPE, list(overrides))
     run_dir = Path(run_dir)
     if (run_dir / "config.yaml").is_file():        # an earlier demo run: start afresh, not append to it
         shutil.rmtree(run_dir)
-    device = torch.device("cuda" if torch.cuda.is_available() and recipe.trainer.device != "cpu" else "cpu")
-    out(f"dual-path demo: {CONFIG} on {device} ({torch.get_num_threads()} threads, {os.cpu_count()} CPUs), "
+    device = resolve_device(recipe.trainer.device, what="trainer.device")
+    out(f"dual-path demo: {RECIPE} on {device} ({torch.get_num_threads()} threads, {os.cpu_count()} CPUs), "
         f"run directory {run_dir}")
     start, cpu_start = time.perf_counter(), time.process_time()
     train(recipe, run_dir, out=lambda line: out("  " + line))
@@ -71,13 +72,14 @@ def run(run_dir="runs/demo", overrides=(), out=print) -> dict:
             "train_cpu_seconds": cpu_s}
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m fusedembed_dualpath.demo", description=__doc__.splitlines()[0])
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="fusedembed demo dualpath", description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", default="runs/demo", help="replaced when it holds an earlier run")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides of dualpath/scenes")
     args = p.parse_args(argv)
     run(args.run_dir, args.overrides, out=lambda line: print(line, flush=True))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Image ↔ text retrieval evaluation (registered evaluator ``dualpath_retrieval``).
+"""Image ↔ text retrieval evaluation (registered evaluator ``dualpath/retrieval``).
 
 The evaluator gets the loader of a caption dataset (any view: scenes, Karpathy, CUHK-PEDES),
 encodes each image once and each caption once through the model's test-time path (flip sum,
@@ -29,7 +29,7 @@ def encode(model, loader: DataLoader, *, device) -> tuple:
     loader's caption dataset, in the model's eval mode."""
     dataset = loader.dataset
     if not hasattr(dataset, "with_view") or not hasattr(dataset, "caption_to_image"):
-        raise TypeError(f"dualpath_retrieval: needs a caption dataset (with_view, caption_to_image), got "
+        raise TypeError(f"dualpath/retrieval: needs a caption dataset (with_view, caption_to_image), got "
                         f"{type(dataset).__name__}")
     was_training = model.training
     model.eval()
@@ -50,7 +50,7 @@ class RetrievalEvaluator:
       protocol: "standard" (the whole split), "coco" (``1k_*``: mean over 5 folds of 1000
         images; ``5k_*``: the whole 5000) or "identity" (person search: a caption matches
         every image of its person and an image every caption of its person; the dataset must
-        give per-image ``identities``, as ``cuhk_pedes`` does).
+        give per-image ``identities``, as ``dualpath/cuhk_pedes`` does).
       ks: the K of R@K.
       median: "floor" (VSE++) or "recall" (the authors' first K with R@K > 50 %).
       ties: "pessimistic" or "optimistic" (see fusedembed.metrics).
@@ -59,7 +59,7 @@ class RetrievalEvaluator:
     def __init__(self, protocol: str = "standard", ks: Sequence[int] = (1, 5, 10), median: str = "floor",
                  ties: str = "pessimistic", folds: int = 5):
         if protocol not in PROTOCOLS:
-            raise ValueError(f"dualpath_retrieval: protocol must be one of {PROTOCOLS}, got {protocol!r}")
+            raise ValueError(f"dualpath/retrieval: protocol must be one of {PROTOCOLS}, got {protocol!r}")
         self.protocol, self.ks, self.median, self.ties, self.folds = protocol, tuple(ks), median, ties, folds
 
     def metrics(self, img: torch.Tensor, txt: torch.Tensor, txt_to_img: torch.Tensor,
@@ -67,7 +67,7 @@ class RetrievalEvaluator:
         if self.protocol == "coco":
             return coco_retrieval(img, txt, txt_to_img, self.folds, self.ks, self.ties, self.median)
         if self.protocol == "identity" and image_labels is None:
-            raise ValueError("dualpath_retrieval: protocol 'identity' needs the images' identities")
+            raise ValueError("dualpath/retrieval: protocol 'identity' needs the images' identities")
         return retrieval_metrics(img, txt, txt_to_img, self.ks, self.ties, self.median,
                                  image_labels=image_labels if self.protocol == "identity" else None)
 
@@ -76,6 +76,6 @@ class RetrievalEvaluator:
         if self.protocol == "identity":
             labels = getattr(loader.dataset, "identities", None)
             if labels is None:  # before the encoding, which can take a while
-                raise TypeError(f"dualpath_retrieval: protocol 'identity' needs a dataset with per-image "
-                                f"identities (cuhk_pedes), got {type(loader.dataset).__name__}")
+                raise TypeError(f"dualpath/retrieval: protocol 'identity' needs a dataset with per-image "
+                                f"identities (dualpath/cuhk_pedes), got {type(loader.dataset).__name__}")
         return self.metrics(*encode(model, loader, device=device), image_labels=labels)

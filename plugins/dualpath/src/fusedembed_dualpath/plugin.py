@@ -1,17 +1,17 @@
-"""The plugin's hooks (the module its entry point names): every component of the recipe is
-registered here, by name, through fusedembed's plugin system."""
+"""The plugin's hooks (the module its entry point names, ``dualpath``): every component of the
+recipes is registered here, by name; the registry files each as ``dualpath/<name>``."""
 
 from pathlib import Path
 
 import fusedembed
 
-from . import datasets
+from . import datasets, demo
 from .evaluator import RetrievalEvaluator
 from .losses import BidirRankingLoss, InstanceLoss
 from .model import DualPath
 from .textcnn import TextCNN
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 RECIPES = {
     "scenes": "the demo: small dual-path net on the embedded scenes data, Stage I then II (CPU, minutes)",
     "flickr30k": "ResNet-50 + TextCNN on Flickr30k (Karpathy split), Stage I then II",
@@ -40,19 +40,25 @@ def fusedembed_register_losses(register):
 
 @fusedembed.hookimpl
 def fusedembed_register_datasets(register):
-    register("dualpath_flickr30k", datasets.flickr30k)
-    register("dualpath_coco", datasets.coco)
+    register("flickr30k", datasets.flickr30k)
+    register("coco", datasets.coco)
     register("cuhk_pedes", datasets.cuhk_pedes)
 
 
 @fusedembed.hookimpl
 def fusedembed_register_evaluators(register):
-    register("dualpath_retrieval", RetrievalEvaluator,
+    register("retrieval", RetrievalEvaluator,
              description="image<->text R@1/5/10, median rank, rsum; COCO 1K and 5K; "
                          "person search by identity")
 
 
 @fusedembed.hookimpl
-def fusedembed_register_configs(register):
+def fusedembed_register_recipes(register):
     for name, description in RECIPES.items():
-        register(name, CONFIGS / f"{name}.yaml", description=description)
+        register(name, RECIPE_DIR / f"{name}.yaml", description=description)
+
+
+@fusedembed.hookimpl
+def fusedembed_register_demos(register):
+    register("dualpath", demo.main, description="dual-path retrieval on the embedded scenes: Stage I + II, "
+             "table vs chance and a BoW+CCA baseline (CPU, about 8 min)")

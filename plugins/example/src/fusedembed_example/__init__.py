@@ -8,24 +8,24 @@ import fusedembed
 from .components import CenterLoss, ConvNet, NoiseShapes
 
 __version__ = "0.1.0"
-CONFIGS = Path(__file__).resolve().parent / "configs"
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
 
 @fusedembed.hookimpl
 def fusedembed_register_backbones(register):
-    register("example_convnet", ConvNet)
+    register("convnet", ConvNet)
 
 
 @fusedembed.hookimpl
 def fusedembed_register_losses(register):
-    register("example_center", CenterLoss)
+    register("center", CenterLoss)
 
 
 @fusedembed.hookimpl
 def fusedembed_register_datasets(register):
-    register("example_noise", NoiseShapes, description="coloured noise images, one colour per class")
+    register("noise", NoiseShapes, description="coloured noise images, one colour per class")
 
 
 @fusedembed.hookimpl
-def fusedembed_register_configs(register):
-    register("tiny", CONFIGS / "tiny.yaml", description="example backbone + center loss on noise images")
+def fusedembed_register_recipes(register):
+    register("tiny", RECIPE_DIR / "tiny.yaml", description="example backbone + center loss on noise images")

@@ -1,0 +1,65 @@
+"""fusedembed.distributed on two gloo processes: the global batch, its gradient, reduced state."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from fusedembed import distributed as D
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        full = torch.randn(5, 3, dtype=torch.float64)
+        rows = slice(0, 2) if rank == 0 else slice(2, 5)        # unequal shares
+        x = full[rows].clone().requires_grad_(True)
+        g = D.all_gather_with_grad(x)
+        # A loss that mixes every row with every other, as in-batch negatives do; each rank
+        # computes it on the global batch and the per-rank losses are summed, as DDP averages.
+        (g @ g.T).square().sum().div(2).backward()
+        labels = D.gather_batch(torch.arange(rows.start, rows.stop))
+        module = torch.nn.Module()
+        module.register_buffer("seen", torch.tensor([1, rank]))
+        module.register_buffer("mean", torch.tensor([float(rank)]))
+        module.register_buffer("shared", torch.tensor([7]))      # equal everywhere: kept
+        D.reduce_state_(module)
+        out[rank] = {"gathered": g.detach(), "grad": x.grad, "labels": labels,
+                     "state": {k: v.clone() for k, v in module.state_dict().items()},
+                     "world": D.world()}
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_see_the_global_batch_and_train_like_one():
+    out = mp.Manager().dict()
+    mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
+    torch.manual_seed(0)
+    full = torch.randn(5, 3, dtype=torch.float64).requires_grad_(True)
+    (full @ full.T).square().sum().backward()        # one process, global batch, both ranks' halves
+    for rank, rows in ((0, slice(0, 2)), (1, slice(2, 5))):
+        r = out[rank]
+        torch.testing.assert_close(r["gathered"], full.detach())
+        torch.testing.assert_close(r["grad"], full.grad[rows])
+        assert r["labels"].tolist() == [0, 1, 2, 3, 4]
+        assert r["state"]["seen"].tolist() == [2, 1] and r["state"]["mean"].tolist() == [0.5]
+        assert r["state"]["shared"].tolist() == [7]
+        assert (r["world"].rank, r["world"].size) == (rank, 2)
+
+
+def test_single_process_is_the_identity():
+    x = torch.randn(3, 2, requires_grad=True)
+    assert D.all_gather_with_grad(x) is x and D.gather_batch(x) is x
+    module = torch.nn.BatchNorm1d(2)
+    assert D.reduce_state_(module) is module and D.world() == D.World()
