@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from .errors import DataError, SkipLog
+from .errors import DataError, SkipLog, text_lines
 from .image_io import check_image, load_image
 
 _LABEL = re.compile(r"^(\d+)(?::([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?))?$")
@@ -58,32 +58,31 @@ def read_class_dictionary(path) -> ClassDictionary:
     if not os.path.isfile(path):
         raise DataError(path, None, "file not found")
     ids, names, parents, lines = [], [], [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if len(cols) == 3:
-                cid, parent, name = cols
-            elif len(cols) == 4:
-                index, cid, parent, name = cols
-                if _int(index) is None and not ids:
-                    continue                              # header line
-                if _int(index) != len(ids):
-                    raise DataError(path, f"line {n}", f"class index {index!r}, expected "
-                                    f"{len(ids)} (classes must be listed in index order)")
-            else:
-                raise DataError(path, f"line {n}", f"{len(cols)} tab-separated columns; "
-                                "expected <id> <parent> <name> (optionally <index> first)")
-            if _int(parent) is None:
-                if not ids:
-                    continue                              # header line
-                raise DataError(path, f"line {n}", f"parent index {parent!r} is not an integer")
-            ids.append(cid)
-            names.append(name)
-            parents.append(int(parent))
-            lines.append(n)
+    for n, line in text_lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) == 3:
+            cid, parent, name = cols
+        elif len(cols) == 4:
+            index, cid, parent, name = cols
+            if _int(index) is None and not ids:
+                continue                              # header line
+            if _int(index) != len(ids):
+                raise DataError(path, f"line {n}", f"class index {index!r}, expected "
+                                f"{len(ids)} (classes must be listed in index order)")
+        else:
+            raise DataError(path, f"line {n}", f"{len(cols)} tab-separated columns; "
+                            "expected <id> <parent> <name> (optionally <index> first)")
+        if _int(parent) is None:
+            if not ids:
+                continue                              # header line
+            raise DataError(path, f"line {n}", f"parent index {parent!r} is not an integer")
+        ids.append(cid)
+        names.append(name)
+        parents.append(int(parent))
+        lines.append(n)
     if not names:
         raise DataError(path, None, "no classes")
     for c, (p, n) in enumerate(zip(parents, lines)):
@@ -147,46 +146,45 @@ def mlimages(list_file, image_root, dictionary=None, num_classes: int | None = N
         raise DataError(list_file, None, "file not found")
     log = SkipLog(skip_bad)
     paths, targets, sources = [], [], []
-    with open(list_file, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"line {n}"
-            labels = fields[1:]
-            if labels and "://" in labels[0]:
-                labels = labels[1:]
-            found, bad = {}, None
-            for field in labels:
-                m = _LABEL.match(field)
-                if m is None:
-                    bad = f"bad label field {field!r}: expected <class>[:<confidence>]"
-                    break
-                c, conf = int(m.group(1)), float(m.group(2) or 1.0)
-                if c >= num_classes:
-                    bad = f"class {c} out of range [0, {num_classes})"
-                elif conf > 1.0:
-                    bad = f"confidence {conf} of class {c} outside [0, 1]"
-                elif c in found:
-                    bad = f"class {c} listed twice"
-                if bad:
-                    break
-                found[c] = conf
+    for n, line in text_lines(list_file):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"line {n}"
+        labels = fields[1:]
+        if labels and "://" in labels[0]:
+            labels = labels[1:]
+        found, bad = {}, None
+        for field in labels:
+            m = _LABEL.match(field)
+            if m is None:
+                bad = f"bad label field {field!r}: expected <class>[:<confidence>]"
+                break
+            c, conf = int(m.group(1)), float(m.group(2) or 1.0)
+            if c >= num_classes:
+                bad = f"class {c} out of range [0, {num_classes})"
+            elif conf > 1.0:
+                bad = f"confidence {conf} of class {c} outside [0, 1]"
+            elif c in found:
+                bad = f"class {c} listed twice"
             if bad:
-                log.bad("malformed_line", list_file, where, bad)
-                continue
-            path = os.path.join(image_root, fields[0])
-            if not check_image(path, log, list_file, where, verify_images):
-                continue
-            if add_ancestors:
-                for c, conf in list(found.items()):
-                    for a in classes.ancestors(c):
-                        found[a] = max(found.get(a, 0.0), conf)
-            idx = sorted(found)
-            paths.append(path)
-            targets.append((torch.tensor(idx, dtype=torch.long),
-                            torch.tensor([found[c] for c in idx], dtype=torch.float32)))
-            sources.append((str(list_file), where))
+                break
+            found[c] = conf
+        if bad:
+            log.bad("malformed_line", list_file, where, bad)
+            continue
+        path = os.path.join(image_root, fields[0])
+        if not check_image(path, log, list_file, where, verify_images):
+            continue
+        if add_ancestors:
+            for c, conf in list(found.items()):
+                for a in classes.ancestors(c):
+                    found[a] = max(found.get(a, 0.0), conf)
+        idx = sorted(found)
+        paths.append(path)
+        targets.append((torch.tensor(idx, dtype=torch.long),
+                        torch.tensor([found[c] for c in idx], dtype=torch.float32)))
+        sources.append((str(list_file), where))
     if not paths:
         raise DataError(list_file, None, "no usable images"
                         + (f"; {log.summary()}" if log.total else ""))

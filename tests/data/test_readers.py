@@ -3,7 +3,7 @@ import json
 import pytest
 from PIL import Image
 
-from fusedembed.data import DataError, caption_folder, karpathy, mlimages, read_class_dictionary
+from fusedembed.data import DataError, Vocab, caption_folder, karpathy, mlimages, read_class_dictionary
 
 
 def png(path, value=128, size=(6, 5)):
@@ -230,3 +230,47 @@ def test_mlimages_errors_and_skips(tmp_path):
     assert len(ds) == 2
     with pytest.raises(DataError, match=r"list.txt:line 7: cannot read image .*bad.jpg"):
         ds[1]
+
+
+def test_captions_without_tokens_are_reported_once(tmp_path):
+    for name in ("a.png", "b.png", "c.png"):
+        png(tmp_path / name)
+    write_jsonl(tmp_path / "captions.jsonl", [
+        {"image": "a.png", "captions": ["一只狗在奔跑", "!!!"]},
+        {"image": "b.png", "captions": ["Ein Hund läuft", "…", "a dog"]},
+        {"image": "c.png", "caption": "?"},
+    ])
+    with pytest.warns(RuntimeWarning) as record:
+        ds = caption_folder(tmp_path)
+    assert len(record) == 1
+    assert str(record[0].message) == (
+        f"{tmp_path / 'captions.jsonl'}: 3 of 6 captions have no token (caption ids 1 '!!!', "
+        "3 '…', 5 '?'); kept as empty token sequences — the text model sees only padding for them")
+    assert ds.empty_captions == [1, 3, 5] and ds.num_captions == 6      # kept: ids unchanged
+    assert ds.vocab.decode(ds[0]["tokens"]) == ["一", "只", "狗", "在", "奔", "跑"]
+    assert ds[1]["tokens"].tolist() == [] and ds.with_view("text").empty_captions == [1, 3, 5]
+    write_jsonl(tmp_path / "captions.jsonl", [{"image": "a.png", "captions": ["!!!", "..."]}])
+    with pytest.raises(ValueError, match=r"captions.jsonl: none of the 2 captions has a token "
+                                         r"\(first: 0 '!!!', 1 '...'\)"):
+        caption_folder(tmp_path)
+
+
+def test_files_that_are_not_utf8_are_named(flickr):
+    png(flickr / "a.png")
+
+    def check(name, data, call):
+        (flickr / name).write_bytes(data)
+        at = data.index(b"\xe4")                      # ä in Latin-1, not a UTF-8 sequence
+        line = data.count(b"\n", 0, at) + 1
+        with pytest.raises(DataError, match=rf"{name}:line {line}: not UTF-8 text: byte {at} \(0xe4\): "
+                                            "invalid continuation byte; save the file as UTF-8"):
+            call(flickr / name)
+
+    latin1 = "Ein Hund läuft".encode("latin-1")
+    check("captions.jsonl", b'{"image": "a.png", "caption": "ok"}\n{"image": "a.png", "caption": "'
+          + latin1 + b'"}\n', lambda p: caption_folder(p.parent))
+    check("latin1.json", json.dumps(flickr_doc(), indent=1).encode().replace(b"number 1", latin1),
+          lambda p: karpathy(p, flickr / "images"))
+    check("list.txt", b"a.png 0\nb\xe4r.png 1\n", lambda p: mlimages(p, flickr, num_classes=2))
+    check("dict.txt", b"n0\t-1\tthing\nn1\t0\tb\xe4r\n", read_class_dictionary)
+    check("vocab.json", b'["<pad>", "<unk>", "b\xe4r"]', Vocab.load)
