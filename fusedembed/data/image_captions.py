@@ -6,7 +6,9 @@ Checks at construction: JSON/JSONL syntax and fields (error ``<file>:<location>:
 that every image file exists; with ``verify_images=True`` also that each image decodes.
 With ``skip_bad=True`` bad records/images are skipped instead and counted in
 ``dataset.skipped`` (reason → count; ``dataset.skip_messages`` keeps the first 100).
-An image that becomes unreadable later raises at access, naming the image and its record.
+An image that is unreadable at access (not verified, or changed since) raises there, naming
+the image and its record; with ``skip_bad=True`` the next readable item is served instead
+and the image counted in ``dataset.skipped`` (see :class:`~.image_io.SkipsUnreadable`).
 """
 
 import json
@@ -17,13 +19,13 @@ import torch
 
 from .captions import CaptionDataset
 from .errors import DataError, SkipLog, read_text, text_lines
-from .image_io import check_image, load_image
+from .image_io import SkipsUnreadable, check_image, load_image
 from .vocab import Vocab, tokenize
 
 TRAIN_SPLITS = ("train", "restval")     # Karpathy: COCO's "restval" joins training
 
 
-class ImageCaptionDataset(CaptionDataset):
+class ImageCaptionDataset(SkipsUnreadable, CaptionDataset):
     def __init__(self, paths, sources, captions, tokens, vocab, view="pair", transform=None,
                  seed=0, log: SkipLog | None = None):
         sources = list(sources)
@@ -31,8 +33,10 @@ class ImageCaptionDataset(CaptionDataset):
                          name=sources[0][0] if sources else None)
         self.paths = list(paths)
         self.sources = sources              # (list file, location) of each image's record
-        self.skipped = dict(log.counts) if log else {}
-        self.skip_messages = list(log.messages) if log else []
+        self._init_skips(log)
+
+    def __getitem__(self, idx: int) -> dict:
+        return self._read_item(idx, super().__getitem__)
 
     def load_image(self, i: int) -> torch.Tensor:
         return load_image(self.paths[i], *self.sources[i])

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import DataError, SkipLog, text_lines
-from .image_io import check_image, load_image
+from .image_io import SkipsUnreadable, check_image, load_image
 
 _LABEL = re.compile(r"^(\d+)(?::([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?))?$")
 
@@ -98,11 +98,11 @@ def read_class_dictionary(path) -> ClassDictionary:
     return ClassDictionary(ids, names, parents)
 
 
-class MultiLabelImages(Dataset):
+class MultiLabelImages(SkipsUnreadable, Dataset):
     def __init__(self, paths, targets, num_classes, sources, transform, log, classes):
         self.paths, self._targets, self._sources = paths, targets, sources
         self.num_classes, self.transform, self.classes = num_classes, transform, classes
-        self.skipped, self.skip_messages = dict(log.counts), list(log.messages)
+        self._init_skips(log)
 
     def __len__(self):
         return len(self.paths)
@@ -114,6 +114,9 @@ class MultiLabelImages(Dataset):
         return y
 
     def __getitem__(self, i: int) -> dict:
+        return self._read_item(i, self._item)
+
+    def _item(self, i: int) -> dict:
         image = load_image(self.paths[i], *self._sources[i])
         if self.transform is not None:
             image = self.transform(image)
@@ -131,7 +134,9 @@ def mlimages(list_file, image_root, dictionary=None, num_classes: int | None = N
       add_ancestors: also mark every ancestor of a labelled class, with the highest
         confidence among its labelled descendants (the released lists already include them).
       skip_bad: skip malformed lines and missing/unreadable images, counted in
-        ``dataset.skipped``, instead of raising.
+        ``dataset.skipped``, instead of raising (an image unreadable at access: the next
+        readable item is served, see :class:`~.image_io.SkipsUnreadable`).
+      verify_images: decode every image at construction (see :mod:`.image_io`).
     """
     classes = read_class_dictionary(dictionary) if dictionary is not None else None
     if classes is not None:

@@ -1,5 +1,8 @@
+import io
 import json
+import warnings
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -99,10 +102,15 @@ def test_karpathy_missing_and_unreadable_images(flickr):
     with pytest.warns(RuntimeWarning, match="skipped 1 missing_image"):
         ds = karpathy(path, flickr / "images", split="test", skip_bad=True)
     assert ds.num_images == 1 and ds.skipped == {"missing_image": 1}
-    # Not verified up front: the unreadable file fails on access, naming both files.
-    with pytest.raises(DataError, match=r"flickr30k.json:images\[4\]: cannot read image "
-                                        r".*4.jpg"):
-        ds[0]
+    # Not verified up front: the unreadable file fails on access, naming both files (with
+    # skip_bad, after a warning naming it, since no other item could stand in for it).
+    with pytest.warns(RuntimeWarning, match=r"flickr30k.json:images\[4\]: cannot read image .*4.jpg"):
+        with pytest.raises(DataError, match="none of the 2 items has a readable image"):
+            ds[0]
+    (flickr / "images" / "3.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match=r"flickr30k.json:images\[3\]: cannot read image .*3.jpg"):
+        karpathy(path, flickr / "images", split="test")[0]
+    (flickr / "images" / "3.jpg").unlink()
     with pytest.raises(DataError, match="no usable images in split 'test'; skipped 1 "
                                         "missing_image, 1 unreadable_image"):
         karpathy(path, flickr / "images", split="test", skip_bad=True, verify_images=True)
@@ -228,8 +236,11 @@ def test_mlimages_errors_and_skips(tmp_path):
     with pytest.warns(RuntimeWarning, match="4 malformed_line, 1 missing_image"):
         ds = mlimages(**args, skip_bad=True)      # unverified: fails when read
     assert len(ds) == 2
-    with pytest.raises(DataError, match=r"list.txt:line 7: cannot read image .*bad.jpg"):
-        ds[1]
+    with pytest.warns(RuntimeWarning, match=r"list.txt:line 7: cannot read image .*bad.jpg"):
+        assert ds[1]["path"].endswith("ok.jpg")     # skipped at access: the next readable item
+    (tmp_path / "bad.txt").write_text("bad.jpg 0\n")
+    with pytest.raises(DataError, match=r"bad.txt:line 1: cannot read image .*bad.jpg"):
+        mlimages(tmp_path / "bad.txt", tmp_path, num_classes=4)[0]      # without skip_bad
 
 
 def test_captions_without_tokens_are_reported_once(tmp_path):
@@ -274,3 +285,58 @@ def test_files_that_are_not_utf8_are_named(flickr):
     check("list.txt", b"a.png 0\nb\xe4r.png 1\n", lambda p: mlimages(p, flickr, num_classes=2))
     check("dict.txt", b"n0\t-1\tthing\nn1\t0\tb\xe4r\n", read_class_dictionary)
     check("vocab.json", b'["<pad>", "<unk>", "b\xe4r"]', Vocab.load)
+
+
+def truncated_jpeg(path):
+    """A real JPEG (libjpeg, through PIL: torchvision 0.29 deprecates its encode_jpeg) cut in
+    the middle of its compressed data: its header is intact (PIL's verify() accepts it), its
+    pixels cannot all be decoded."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+        buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    with Image.open(io.BytesIO(data[:len(data) * 2 // 3])) as im:
+        im.verify()                                    # the old check passes it
+    path.write_bytes(data[:len(data) * 2 // 3])
+
+
+def test_truncated_jpeg_fails_verification_and_is_skipped_at_access(flickr):
+    path, images = flickr / "dataset_flickr30k.json", flickr / "images"
+    truncated_jpeg(images / "1.jpg")                             # a train image
+    with pytest.raises(DataError, match=r"images\[1\]: cannot read image .*1.jpg: image file is "
+                                        r"truncated"):
+        karpathy(path, images, verify_images=True)            # it used to pass
+    with pytest.warns(RuntimeWarning, match="skipped 1 unreadable_image"):
+        ds = karpathy(path, images, verify_images=True, skip_bad=True)
+    assert ds.num_images == 1 and ds.skipped == {"unreadable_image": 1}
+    # Unverified: the failure comes at access, naming the list entry and the file ...
+    ds = karpathy(path, images)
+    with pytest.raises(DataError, match=r"flickr30k.json:images\[1\]: cannot read image .*1.jpg: "
+                                        "image file is truncated"):
+        ds[2]
+    # ... or, with skip_bad, the item is skipped (the next readable one served) and counted once.
+    ds = karpathy(path, images, skip_bad=True, view="image")
+    with pytest.warns(RuntimeWarning, match=r"images\[1\]: cannot read image .*1.jpg: image file is "
+                                            r"truncated.*; skipped \(skip_bad=True\)"):
+        item = ds[1]
+    assert item["instance"] == 0 and item["path"].endswith("0.jpg")      # wrapped around
+    assert ds.skipped == {"unreadable_image": 1} and "1.jpg" in ds.skip_messages[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ds.with_view("pair")[3]["instance"] == 0 and ds[0]["instance"] == 0
+    assert ds.skipped == {"unreadable_image": 1}
+
+
+def test_mlimages_truncated_jpeg(tmp_path):
+    png(tmp_path / "ok.jpg")
+    truncated_jpeg(tmp_path / "cut.jpg")
+    (tmp_path / "list.txt").write_text("cut.jpg 0\nok.jpg 1\n")
+    args = dict(list_file=tmp_path / "list.txt", image_root=tmp_path, num_classes=2)
+    with pytest.raises(DataError, match=r"list.txt:line 1: cannot read image .*cut.jpg"):
+        mlimages(**args, verify_images=True)
+    with pytest.raises(DataError, match=r"list.txt:line 1: cannot read image .*cut.jpg"):
+        mlimages(**args)[0]
+    ds = mlimages(**args, skip_bad=True)
+    with pytest.warns(RuntimeWarning, match="cut.jpg"):
+        assert ds[0]["path"].endswith("ok.jpg") and ds[0]["labels"].tolist() == [0, 1]
+    assert ds.skipped == {"unreadable_image": 1}
