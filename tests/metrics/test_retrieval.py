@@ -160,8 +160,9 @@ def test_target_ranks_and_errors():
         retrieval_ranks(torch.ones(2, 2), torch.ones(2, 3), [0, 1])
 
 
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("integer", [True, False])
-def test_scores_that_overflow_float32_still_rank_exactly(integer):
+def test_scores_that_overflow_float32_still_rank_exactly(integer, device):
     # Finite float32 embeddings with entries near 1e20: their dot products pass the float32
     # range (inf − inf = NaN, which compares false and once ranked every image's caption first:
     # i2t R@1 = 100). The ranking must be that of the exact (float64) scores.
@@ -178,7 +179,7 @@ def test_scores_that_overflow_float32_still_rank_exactly(integer):
     for ties in ("pessimistic", "optimistic"):
         want_i2t, want_t2i = brute_ranks(img, txt, g, ties)
         for block in (len(g), 1 << 20):
-            i2t, t2i = retrieval_ranks(img, txt, g, ties=ties, block=block)
+            i2t, t2i = retrieval_ranks(img.to(device), txt.to(device), g, ties=ties, block=block)
             assert i2t.tolist() == want_i2t and t2i.tolist() == want_t2i
     assert retrieval_metrics(img, txt, g) == retrieval_metrics(img.double(), txt.double(), g)
 
