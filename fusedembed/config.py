@@ -5,11 +5,14 @@ way), then the file itself, then the overrides (``trainer.lr=0.01 model.text.nam
 Mappings merge key by key and lists are replaced, except that a mapping whose ``name`` changes
 starts afresh: the keys of one backbone (or optimizer) never leak into another. The result is
 checked against :class:`fusedembed.recipe.Recipe`, and every component against the factory it
-names; all problems are reported together.
+names (argument names, and the values of arguments it annotates with a scalar type); all
+problems are reported together. YAML aliases may not expand a file (or an override) past
+``MAX_ALIASED_NODES`` nodes.
 """
 
 import copy
 import dataclasses
+import inspect
 import re
 import typing
 from pathlib import Path
@@ -53,6 +56,32 @@ _Loader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
 
 
+# YAML aliases (*a) repeat their anchor's content without copying it: a few hundred bytes of
+# nested aliases ("billion laughs") stand for billions of nodes, which validation, messages
+# and dumping would expand. Past this many nodes, counted with the repeats, a recipe that uses
+# aliases is refused (one without aliases is as large as its file, and is not limited).
+MAX_ALIASED_NODES = 100_000
+
+
+def check_expansion(data, where: str) -> None:
+    """Raises a RecipeError naming ``where`` when aliases expand ``data`` past
+    ``MAX_ALIASED_NODES`` nodes (or make it contain itself). Linear in the file's size: shared
+    containers are re-counted only up to the limit."""
+    stack, seen, count, aliased = [data], set(), 0, False
+    while stack:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, (dict, list)):
+            if id(node) in seen:
+                aliased = True
+            seen.add(id(node))
+            stack.extend(node.values() if isinstance(node, dict) else node)
+        if aliased and count > MAX_ALIASED_NODES:
+            raise RecipeError(f"{where}: YAML aliases expand it past {MAX_ALIASED_NODES:,} nodes (each "
+                              "*alias repeats its &anchor's whole content); write the content out, or "
+                              "share settings with _base_")
+
+
 def parse_value(text: str):
     return yaml.load(text, Loader=_Loader)
 
@@ -65,6 +94,7 @@ def read_yaml(path) -> dict:
         raise RecipeError(f"cannot read {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: invalid YAML: {err}") from None
+    check_expansion(data, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -133,9 +163,11 @@ def parse_override(text: str) -> Tuple[List[str], Any]:
     if not sep or not all(keys):
         raise RecipeError(f"override {text!r} must look like section.key=value (e.g. trainer.lr=0.01)")
     try:
-        return keys, parse_value(value)
+        parsed = parse_value(value)
     except yaml.YAMLError as err:
         raise RecipeError(f"override {text!r}: the value is not valid YAML: {err}") from None
+    check_expansion(parsed, f"override {key.strip()}")
+    return keys, parsed
 
 
 def apply_overrides(tree: dict, overrides: Sequence[str]) -> dict:
@@ -275,8 +307,10 @@ def _nearest_key(key, fields) -> str:
 
 
 def check_components(found, registries: Registries) -> List[str]:
-    """Problems of each ``(where, kind, cfg)`` against its registered factory, descending into
-    arguments the factory annotates with ``fusedembed.registry.spec``."""
+    """Problems of each ``(where, kind, cfg)`` against its registered factory: the arguments
+    it annotates with a scalar type (int, float, bool, str, Literal, Optional/Union/List of
+    them) must hold one, and those annotated with ``fusedembed.registry.spec`` are descended
+    into."""
     problems = []
     for where, kind, cfg in found:
         registry = registries[kind]
@@ -293,12 +327,33 @@ def check_components(found, registries: Registries) -> List[str]:
 
 
 def _annotations(factory) -> dict:
+    """The factory's argument annotations that the validator can check (a ``None`` default
+    admits None, as an implicit Optional)."""
     target = factory.__init__ if isinstance(factory, type) else factory
     try:
         hints = typing.get_type_hints(target, include_extras=True)
-    except Exception:  # unresolvable annotations: nothing to descend into
+        params = inspect.signature(target).parameters
+    except Exception:  # unresolvable annotations: nothing to check
         return {}
-    return {k: t for k, t in hints.items() if _has_component(t)}
+    out = {}
+    for name, tp in hints.items():
+        if name in params and (_has_component(tp) or _scalar(tp)):
+            out[name] = Optional[tp] if params[name].default is None else tp
+    return out
+
+
+_SCALARS = (int, float, bool, str)
+
+
+def _scalar(tp) -> bool:
+    """int/float/bool/str, a Literal, or Optional/Union/List of those: types whose YAML value
+    the validator checks exactly."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp in _SCALARS or origin is typing.Literal:
+        return True
+    if origin is Union:
+        return all(a is type(None) or _scalar(a) for a in args)
+    return origin is list and len(args) == 1 and _scalar(args[0])
 
 
 def _has_component(tp) -> bool:

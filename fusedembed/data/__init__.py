@@ -13,6 +13,8 @@ Factories (the built-in plugin registers them as datasets):
 * ``mlimages(list_file, image_root, dictionary=None, num_classes=None, add_ancestors=False,
   transform=None, skip_bad=False, verify_images=False)`` — Tencent ML-Images lists.
 * ``collate(batch, pad_to=None)`` — batches items (pads tokens, returns lengths).
+* ``read_text(path)`` — a UTF-8 text file, or a ``DataError`` naming it (missing, or not UTF-8:
+  the line and byte offset), for plugin readers; every reader here reads text that way.
 
 Item contract (dicts). Caption datasets (scenes, karpathy, caption_folder) have three views
 — ``"image"``: one item per image with one caption drawn per epoch (``set_epoch``);
@@ -41,14 +43,14 @@ alignment metrics take ``groups``). ``mlimages`` items have ``image``, ``labels`
 """
 
 from .collate import collate
-from .errors import DataError
+from .errors import DataError, read_text
 from .image_captions import ImageCaptionDataset, caption_folder, karpathy
 from .multilabel import ClassDictionary, MultiLabelImages, mlimages, read_class_dictionary
 from .scene_dataset import ScenesDataset, ensure_split, scene_vocab, scenes
 from .vocab import PAD_ID, UNK_ID, Vocab, tokenize
 
 __all__ = [
-    "collate", "DataError", "ImageCaptionDataset", "caption_folder", "karpathy",
+    "collate", "DataError", "read_text", "ImageCaptionDataset", "caption_folder", "karpathy",
     "ClassDictionary", "MultiLabelImages", "mlimages", "read_class_dictionary",
     "ScenesDataset", "ensure_split", "scene_vocab", "scenes", "PAD_ID", "UNK_ID", "Vocab",
     "tokenize",

@@ -1,6 +1,7 @@
 """Base class of the image–caption datasets: images with several captions each, seen
 through one of three views (see :mod:`fusedembed.data` for the item keys)."""
 
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -34,12 +35,17 @@ class CaptionDataset(Dataset):
       * ``"pair"`` — M items, every (image, caption) pair, image-major order.
       * ``"text"`` — M items like "pair" without the image (text embeddings at evaluation).
 
+    A caption with no token (``""``, ``"!!!"``) is kept — an empty token sequence, so that
+    caption numbering and per-image counts (COCO's 5) stay as in the file — and reported once,
+    by a warning at construction naming how many and the first ids (``empty_captions`` lists
+    them all); a dataset where no caption has a token is an error.
+
     Subclasses implement :meth:`load_image` and may add keys with :meth:`extra`.
     """
 
     def __init__(self, captions: Sequence[Sequence[str]],
                  tokens: Sequence[Sequence[Sequence[str]]], vocab: Vocab, view: str = "pair",
-                 transform: Callable | None = None, seed: int = 0):
+                 transform: Callable | None = None, seed: int = 0, name: str | None = None):
         if view not in VIEWS:
             raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
         if len(captions) != len(tokens):
@@ -56,9 +62,23 @@ class CaptionDataset(Dataset):
         ids = [vocab.encode(t) for per in tokens for t in per]
         self._ids = torch.tensor([w for seq in ids for w in seq], dtype=torch.long)
         self._offsets = torch.cumsum(torch.tensor([0] + [len(s) for s in ids]), 0)
+        self.empty_captions = [j for j, seq in enumerate(ids) if not seq]
+        self._report_empty(name or type(self).__name__)
         self.caption_to_image = torch.repeat_interleave(
             torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long))
         self._first_caption = torch.cumsum(torch.tensor([0] + counts), 0)
+
+    def _report_empty(self, name: str) -> None:
+        n, total = len(self.empty_captions), len(self.texts)
+        if not n:
+            return
+        first = ", ".join(f"{j} {self.texts[j]!r}" for j in self.empty_captions[:5])
+        if n == total:
+            raise ValueError(f"{name}: none of the {total} captions has a token (first: {first}); "
+                             "nothing to train the text side on")
+        warnings.warn(f"{name}: {n} of {total} captions have no token (caption ids "
+                      f"{first}{', …' if n > 5 else ''}); kept as empty token sequences — the "
+                      "text model sees only padding for them", RuntimeWarning, stacklevel=3)
 
     # -- sizes ------------------------------------------------------------------------------
     @property

@@ -1,6 +1,7 @@
 """Errors of the data readers, and the bookkeeping of what a lenient reader skipped."""
 
 import warnings
+from pathlib import Path
 
 
 class DataError(ValueError):
@@ -15,6 +16,41 @@ class DataError(ValueError):
         self.path, self.where, self.reason = str(path), where, reason
         loc = f"{self.path}:{where}" if where else self.path
         super().__init__(f"{loc}: {reason}")
+
+
+def not_utf8(path) -> "DataError":
+    """The error for a text file that does not decode as UTF-8 (call it on catching a
+    ``UnicodeDecodeError``): names the file, the line and the byte offset of the first bad
+    byte (found by decoding the file's bytes again, only on this error path)."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        return DataError(path, f"line {line}", f"not UTF-8 text: byte {err.start} "
+                         f"(0x{data[err.start]:02x}): {err.reason}; save the file as UTF-8")
+    return DataError(path, None, "not UTF-8 text; save the file as UTF-8")
+
+
+def read_text(path) -> str:
+    """A whole UTF-8 text file; a :class:`DataError` naming it when it is missing or not
+    UTF-8 (the line and byte offset of the first bad byte)."""
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(path, None, "file not found") from None
+    except UnicodeDecodeError:
+        raise not_utf8(Path(path).expanduser()) from None
+
+
+def text_lines(path):
+    """(1-based line number, line) of a UTF-8 text file; a :class:`DataError` naming the
+    file, line and byte offset when it is not UTF-8."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            yield from enumerate(f, 1)
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
 
 
 class SkipLog:

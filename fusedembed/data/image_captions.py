@@ -6,7 +6,9 @@ Checks at construction: JSON/JSONL syntax and fields (error ``<file>:<location>:
 that every image file exists; with ``verify_images=True`` also that each image decodes.
 With ``skip_bad=True`` bad records/images are skipped instead and counted in
 ``dataset.skipped`` (reason → count; ``dataset.skip_messages`` keeps the first 100).
-An image that becomes unreadable later raises at access, naming the image and its record.
+An image that is unreadable at access (not verified, or changed since) raises there, naming
+the image and its record; with ``skip_bad=True`` the next readable item is served instead
+and the image counted in ``dataset.skipped`` (see :class:`~.image_io.SkipsUnreadable`).
 """
 
 import json
@@ -16,21 +18,25 @@ from typing import Callable
 import torch
 
 from .captions import CaptionDataset
-from .errors import DataError, SkipLog
-from .image_io import check_image, load_image
+from .errors import DataError, SkipLog, read_text, text_lines
+from .image_io import SkipsUnreadable, check_image, load_image
 from .vocab import Vocab, tokenize
 
 TRAIN_SPLITS = ("train", "restval")     # Karpathy: COCO's "restval" joins training
 
 
-class ImageCaptionDataset(CaptionDataset):
+class ImageCaptionDataset(SkipsUnreadable, CaptionDataset):
     def __init__(self, paths, sources, captions, tokens, vocab, view="pair", transform=None,
                  seed=0, log: SkipLog | None = None):
-        super().__init__(captions, tokens, vocab, view, transform, seed)
+        sources = list(sources)
+        super().__init__(captions, tokens, vocab, view, transform, seed,
+                         name=sources[0][0] if sources else None)
         self.paths = list(paths)
-        self.sources = list(sources)        # (list file, location) of each image's record
-        self.skipped = dict(log.counts) if log else {}
-        self.skip_messages = list(log.messages) if log else []
+        self.sources = sources              # (list file, location) of each image's record
+        self._init_skips(log)
+
+    def __getitem__(self, idx: int) -> dict:
+        return self._read_item(idx, super().__getitem__)
 
     def load_image(self, i: int) -> torch.Tensor:
         return load_image(self.paths[i], *self.sources[i])
@@ -85,10 +91,7 @@ def karpathy(json_path, image_root, split="train", view: str = "pair",
     """
     log = SkipLog(skip_bad)
     try:
-        with open(json_path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise DataError(json_path, None, "file not found") from None
+        doc = json.loads(read_text(json_path))
     except json.JSONDecodeError as err:
         raise DataError(json_path, f"line {err.lineno} column {err.colno}",
                         f"invalid JSON: {err.msg}") from None
@@ -157,39 +160,38 @@ def caption_folder(root, captions_file: str = "captions.jsonl", split: str | Non
     if not os.path.isfile(list_file):
         raise DataError(list_file, None, "file not found")
     by_image: dict[str, list] = {}
-    with open(list_file, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"line {n}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                log.bad("malformed_line", list_file, where, f"invalid JSON: {err.msg}")
-                continue
-            caps = rec.get("captions", [rec["caption"]] if "caption" in rec else None) \
-                if isinstance(rec, dict) else None
-            if not isinstance(rec, dict) or not isinstance(rec.get("image"), str) \
-                    or not isinstance(caps, list) or not caps \
-                    or not all(isinstance(c, str) and c.strip() for c in caps):
-                log.bad("malformed_line", list_file, where,
-                        "needs 'image' (str) and 'caption' (str) or 'captions' (non-empty "
-                        "list of str)")
-                continue
-            rec_split = rec.get("split")
-            if split is not None and not isinstance(rec_split, str):
-                log.bad("malformed_line", list_file, where,
-                        f"no 'split' field but split={split!r} was requested")
-                continue
-            entry = by_image.setdefault(rec["image"], [os.path.join(root, rec["image"]),
-                                                       (list_file, where), [], [], rec_split])
-            if entry[4] != rec_split:
-                log.bad("malformed_line", list_file, where,
-                        f"image {rec['image']} listed with splits {entry[4]!r} and "
-                        f"{rec_split!r}")
-                continue
-            entry[2].extend(caps)
-            entry[3].extend(tokenize(c) for c in caps)
+    for n, line in text_lines(list_file):
+        if not line.strip():
+            continue
+        where = f"line {n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            log.bad("malformed_line", list_file, where, f"invalid JSON: {err.msg}")
+            continue
+        caps = rec.get("captions", [rec["caption"]] if "caption" in rec else None) \
+            if isinstance(rec, dict) else None
+        if not isinstance(rec, dict) or not isinstance(rec.get("image"), str) \
+                or not isinstance(caps, list) or not caps \
+                or not all(isinstance(c, str) and c.strip() for c in caps):
+            log.bad("malformed_line", list_file, where,
+                    "needs 'image' (str) and 'caption' (str) or 'captions' (non-empty "
+                    "list of str)")
+            continue
+        rec_split = rec.get("split")
+        if split is not None and not isinstance(rec_split, str):
+            log.bad("malformed_line", list_file, where,
+                    f"no 'split' field but split={split!r} was requested")
+            continue
+        entry = by_image.setdefault(rec["image"], [os.path.join(root, rec["image"]),
+                                                   (list_file, where), [], [], rec_split])
+        if entry[4] != rec_split:
+            log.bad("malformed_line", list_file, where,
+                    f"image {rec['image']} listed with splits {entry[4]!r} and "
+                    f"{rec_split!r}")
+            continue
+        entry[2].extend(caps)
+        entry[3].extend(tokenize(c) for c in caps)
     records = [tuple(r) for r in by_image.values()]
     if vocab is None:
         has_split = any(r[4] is not None for r in records)

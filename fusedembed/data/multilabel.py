@@ -23,8 +23,8 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from .errors import DataError, SkipLog
-from .image_io import check_image, load_image
+from .errors import DataError, SkipLog, text_lines
+from .image_io import SkipsUnreadable, check_image, load_image
 
 _LABEL = re.compile(r"^(\d+)(?::([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?))?$")
 
@@ -58,32 +58,31 @@ def read_class_dictionary(path) -> ClassDictionary:
     if not os.path.isfile(path):
         raise DataError(path, None, "file not found")
     ids, names, parents, lines = [], [], [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if len(cols) == 3:
-                cid, parent, name = cols
-            elif len(cols) == 4:
-                index, cid, parent, name = cols
-                if _int(index) is None and not ids:
-                    continue                              # header line
-                if _int(index) != len(ids):
-                    raise DataError(path, f"line {n}", f"class index {index!r}, expected "
-                                    f"{len(ids)} (classes must be listed in index order)")
-            else:
-                raise DataError(path, f"line {n}", f"{len(cols)} tab-separated columns; "
-                                "expected <id> <parent> <name> (optionally <index> first)")
-            if _int(parent) is None:
-                if not ids:
-                    continue                              # header line
-                raise DataError(path, f"line {n}", f"parent index {parent!r} is not an integer")
-            ids.append(cid)
-            names.append(name)
-            parents.append(int(parent))
-            lines.append(n)
+    for n, line in text_lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) == 3:
+            cid, parent, name = cols
+        elif len(cols) == 4:
+            index, cid, parent, name = cols
+            if _int(index) is None and not ids:
+                continue                              # header line
+            if _int(index) != len(ids):
+                raise DataError(path, f"line {n}", f"class index {index!r}, expected "
+                                f"{len(ids)} (classes must be listed in index order)")
+        else:
+            raise DataError(path, f"line {n}", f"{len(cols)} tab-separated columns; "
+                            "expected <id> <parent> <name> (optionally <index> first)")
+        if _int(parent) is None:
+            if not ids:
+                continue                              # header line
+            raise DataError(path, f"line {n}", f"parent index {parent!r} is not an integer")
+        ids.append(cid)
+        names.append(name)
+        parents.append(int(parent))
+        lines.append(n)
     if not names:
         raise DataError(path, None, "no classes")
     for c, (p, n) in enumerate(zip(parents, lines)):
@@ -99,11 +98,11 @@ def read_class_dictionary(path) -> ClassDictionary:
     return ClassDictionary(ids, names, parents)
 
 
-class MultiLabelImages(Dataset):
+class MultiLabelImages(SkipsUnreadable, Dataset):
     def __init__(self, paths, targets, num_classes, sources, transform, log, classes):
         self.paths, self._targets, self._sources = paths, targets, sources
         self.num_classes, self.transform, self.classes = num_classes, transform, classes
-        self.skipped, self.skip_messages = dict(log.counts), list(log.messages)
+        self._init_skips(log)
 
     def __len__(self):
         return len(self.paths)
@@ -115,6 +114,9 @@ class MultiLabelImages(Dataset):
         return y
 
     def __getitem__(self, i: int) -> dict:
+        return self._read_item(i, self._item)
+
+    def _item(self, i: int) -> dict:
         image = load_image(self.paths[i], *self._sources[i])
         if self.transform is not None:
             image = self.transform(image)
@@ -132,7 +134,9 @@ def mlimages(list_file, image_root, dictionary=None, num_classes: int | None = N
       add_ancestors: also mark every ancestor of a labelled class, with the highest
         confidence among its labelled descendants (the released lists already include them).
       skip_bad: skip malformed lines and missing/unreadable images, counted in
-        ``dataset.skipped``, instead of raising.
+        ``dataset.skipped``, instead of raising (an image unreadable at access: the next
+        readable item is served, see :class:`~.image_io.SkipsUnreadable`).
+      verify_images: decode every image at construction (see :mod:`.image_io`).
     """
     classes = read_class_dictionary(dictionary) if dictionary is not None else None
     if classes is not None:
@@ -147,46 +151,45 @@ def mlimages(list_file, image_root, dictionary=None, num_classes: int | None = N
         raise DataError(list_file, None, "file not found")
     log = SkipLog(skip_bad)
     paths, targets, sources = [], [], []
-    with open(list_file, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"line {n}"
-            labels = fields[1:]
-            if labels and "://" in labels[0]:
-                labels = labels[1:]
-            found, bad = {}, None
-            for field in labels:
-                m = _LABEL.match(field)
-                if m is None:
-                    bad = f"bad label field {field!r}: expected <class>[:<confidence>]"
-                    break
-                c, conf = int(m.group(1)), float(m.group(2) or 1.0)
-                if c >= num_classes:
-                    bad = f"class {c} out of range [0, {num_classes})"
-                elif conf > 1.0:
-                    bad = f"confidence {conf} of class {c} outside [0, 1]"
-                elif c in found:
-                    bad = f"class {c} listed twice"
-                if bad:
-                    break
-                found[c] = conf
+    for n, line in text_lines(list_file):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"line {n}"
+        labels = fields[1:]
+        if labels and "://" in labels[0]:
+            labels = labels[1:]
+        found, bad = {}, None
+        for field in labels:
+            m = _LABEL.match(field)
+            if m is None:
+                bad = f"bad label field {field!r}: expected <class>[:<confidence>]"
+                break
+            c, conf = int(m.group(1)), float(m.group(2) or 1.0)
+            if c >= num_classes:
+                bad = f"class {c} out of range [0, {num_classes})"
+            elif conf > 1.0:
+                bad = f"confidence {conf} of class {c} outside [0, 1]"
+            elif c in found:
+                bad = f"class {c} listed twice"
             if bad:
-                log.bad("malformed_line", list_file, where, bad)
-                continue
-            path = os.path.join(image_root, fields[0])
-            if not check_image(path, log, list_file, where, verify_images):
-                continue
-            if add_ancestors:
-                for c, conf in list(found.items()):
-                    for a in classes.ancestors(c):
-                        found[a] = max(found.get(a, 0.0), conf)
-            idx = sorted(found)
-            paths.append(path)
-            targets.append((torch.tensor(idx, dtype=torch.long),
-                            torch.tensor([found[c] for c in idx], dtype=torch.float32)))
-            sources.append((str(list_file), where))
+                break
+            found[c] = conf
+        if bad:
+            log.bad("malformed_line", list_file, where, bad)
+            continue
+        path = os.path.join(image_root, fields[0])
+        if not check_image(path, log, list_file, where, verify_images):
+            continue
+        if add_ancestors:
+            for c, conf in list(found.items()):
+                for a in classes.ancestors(c):
+                    found[a] = max(found.get(a, 0.0), conf)
+        idx = sorted(found)
+        paths.append(path)
+        targets.append((torch.tensor(idx, dtype=torch.long),
+                        torch.tensor([found[c] for c in idx], dtype=torch.float32)))
+        sources.append((str(list_file), where))
     if not paths:
         raise DataError(list_file, None, "no usable images"
                         + (f"; {log.summary()}" if log.total else ""))

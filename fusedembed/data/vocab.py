@@ -5,22 +5,59 @@ embedding with ``padding_idx=0`` ignores it), ``<unk>`` = 1, then the words by d
 count in the training captions, ties alphabetical — the same captions always give the same ids.
 """
 
+import functools
 import json
 import os
 import re
+import sys
+import unicodedata
 from collections import Counter
 from typing import Iterable, Sequence
+
+from .errors import not_utf8
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+_ASCII_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# Scripts written without spaces between words: each character is a token (as BERT's basic
+# tokenizer does for Han): Han ideographs (with 々 〆 〇), hiragana, katakana.
+_CJK = re.compile("([\u3005-\u3007\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+                  "\uf900-\ufaff\U00020000-\U000323af])")
+
+
+@functools.cache
+def _unicode_word() -> re.Pattern:
+    """Runs of letters, digits and combining marks of any script (the vowel signs of
+    Devanagari are marks, not letters: without them "हिन्दी" would fall apart), with an inner
+    apostrophe followed by letters."""
+    marks, start = [], None
+    for c in range(sys.maxunicode + 2):
+        is_mark = c <= sys.maxunicode and unicodedata.category(chr(c))[0] == "M"
+        if is_mark and start is None:
+            start = c
+        elif not is_mark and start is not None:
+            marks.append(f"{chr(start)}-{chr(c - 1)}")
+            start = None
+    m = "".join(marks)
+    return re.compile(rf"(?:[^\W_]|[{m}])+(?:'(?:[^\W\d_]|[{m}])+)?")
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-cases and keeps runs of letters/digits (with an inner apostrophe: "man's");
-    punctuation is dropped. Matches the tokens of the Karpathy JSON for plain English."""
-    return _WORD.findall(text.lower())
+    """Lower-cased words: runs of letters/digits of any script, with an inner apostrophe
+    ("man's"); punctuation is dropped. Plain English gives the tokens of the Karpathy JSON.
+
+    Non-ASCII text is NFKC-normalised first (so "läuft" typed with a combining diaeresis is
+    the same word, full-width "ＡＢＣ" is "abc"), ’ counts as an apostrophe, and each Han,
+    hiragana or katakana character is one token ("一只狗" → 一, 只, 狗), since those scripts put
+    no spaces between words. Other scripts written without spaces (Thai, Khmer, …) give one
+    token per run: give such captions pre-tokenised (the Karpathy JSON's "tokens").
+    """
+    text = text.lower()
+    if text.isascii():
+        return _ASCII_WORD.findall(text)
+    text = unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'")
+    return _unicode_word().findall(_CJK.sub(r" \1 ", text))
 
 
 class Vocab:
@@ -75,8 +112,11 @@ class Vocab:
 
     @classmethod
     def load(cls, path) -> "Vocab":
-        with open(path, encoding="utf-8") as f:
-            words = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                words = json.load(f)
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
         if not isinstance(words, list) or words[:2] != [PAD, UNK]:
             raise ValueError(f"{path}: not a fusedembed vocabulary (a JSON list starting "
                              f"with {PAD!r}, {UNK!r})")

@@ -1,5 +1,7 @@
 """Input checks and the tie-aware ranking shared by the metrics."""
 
+import operator
+
 import torch
 
 TIES = ("pessimistic", "optimistic")
@@ -23,6 +25,45 @@ def embeddings(x, name: str) -> torch.Tensor:
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf")
     return x
+
+
+def no_nan(x: torch.Tensor, name: str) -> torch.Tensor:
+    """x, refused when it holds NaN (a NaN label or target equals nothing and would silently
+    drop its item from the metric)."""
+    if x.is_floating_point() and torch.isnan(x).any():
+        raise ValueError(f"{name} contains NaN at index {tuple(torch.isnan(x).nonzero()[0].tolist())}")
+    return x
+
+
+def check_ks(ks, name: str = "ks") -> tuple[int, ...]:
+    """Cut-offs k ≥ 1 (P@0 divides by zero, R@0 is always 0)."""
+    ks = tuple(ks)
+    try:
+        out = tuple(operator.index(k) for k in ks if not isinstance(k, bool))
+    except TypeError:
+        out = ()
+    if len(out) != len(ks) or not ks or min(out) < 1:
+        raise ValueError(f"{name} must be integers >= 1, got {ks!r}")
+    return out
+
+
+def block_scores(q: torch.Tensor, g: torch.Tensor, qname: str, gname: str,
+                 first: int = 0) -> torch.Tensor:
+    """Dot products ``q @ g.T`` of finite embeddings, never NaN or inf: float32 scores that
+    overflow (entries around 1e20 square past the float32 range, and inf − inf is NaN, which
+    compares false and would rank every match first) are recomputed in float64, where products
+    of float32 values cannot overflow; float64 scores that overflow are an error. ``first``:
+    index of q's first row, for the message."""
+    s = q @ g.T
+    if torch.isfinite(s).all():
+        return s
+    if s.dtype == torch.float32:
+        s = q.double() @ g.double().T
+        if torch.isfinite(s).all():
+            return s
+    i, j = (~torch.isfinite(s)).nonzero()[0].tolist()
+    raise ValueError(f"{qname} · {gname} scores overflow {s.dtype} ({qname} {first + i}, {gname} {j}); "
+                     "L2-normalise the embeddings")
 
 
 def rows_per_block(n_cols: int, block: int) -> int:

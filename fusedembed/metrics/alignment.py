@@ -5,15 +5,28 @@ Inputs are (B, N): ``assignment`` the region chosen per word (−1 = none / padd
 ``truth`` the region each word describes (−1 = a word that describes no region, like "of";
 such words are not scored), ``lengths`` (B,) words per sentence (default N), and optional
 ``groups`` (B, K) region → group id: regions of one group are identical objects, so any of
-them is right (the scenes dataset's ``object_groups``). Values in percent.
+them is right (the scenes dataset's ``object_groups``). Float inputs must hold whole numbers
+(NaN is refused, not read as −1). Values in percent.
 """
 
 import torch
 
 
+def _indices(x, name: str, device=None) -> torch.Tensor:
+    """x as int64; float x must hold whole numbers (``.long()`` would turn NaN into a huge
+    negative index, that is "no region", and 2.5 into 2)."""
+    x = torch.as_tensor(x, device=device)
+    if x.is_floating_point():
+        bad = ~torch.isfinite(x) | (x != x.floor())
+        if bad.any():
+            at = tuple(bad.nonzero()[0].tolist())
+            raise ValueError(f"{name} must hold whole numbers, got {x[at].item()} at index {at}")
+    return x.long()
+
+
 def _inputs(assignment, truth, lengths, groups):
-    a = torch.as_tensor(assignment).long()
-    t = torch.as_tensor(truth, device=a.device).long()
+    a = _indices(assignment, "assignment")
+    t = _indices(truth, "truth", a.device)
     if a.ndim != 2 or a.shape != t.shape:
         raise ValueError(f"assignment {tuple(a.shape)} and truth {tuple(t.shape)} must be the "
                          "same (B, N) shape")
@@ -21,12 +34,12 @@ def _inputs(assignment, truth, lengths, groups):
     if lengths is None:
         inside = torch.ones_like(a, dtype=torch.bool)
     else:
-        n = torch.as_tensor(lengths, device=a.device).long().reshape(-1, 1)
+        n = _indices(lengths, "lengths", a.device).reshape(-1, 1)
         if len(n) != len(a) or (n < 0).any() or (n > a.shape[1]).any():
             raise ValueError(f"lengths must be (B,) with values in [0, {a.shape[1]}]")
         inside = pos < n
     if groups is not None:
-        g = torch.as_tensor(groups, device=a.device).long()
+        g = _indices(groups, "groups", a.device)
         if g.ndim != 2 or len(g) != len(a):
             raise ValueError("groups must be (B, K)")
         k = g.shape[1]

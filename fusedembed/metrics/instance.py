@@ -1,14 +1,16 @@
 """Instance-level image retrieval (MultiGrain's evaluations): INRIA Holidays mAP, UKBench
 N-S score, recall of augmented copies.
 
-Scores are dot products of the embeddings, computed per block of queries on their device.
+Scores are dot products of the embeddings, computed per block of queries on their device
+(recomputed in float64 where they overflow float32). NaN labels or groups are refused.
 Ties follow ``ties`` (see :mod:`.retrieval`): pessimistic by default. mAP and recall in
 percent; the N-S score in [0, 4].
 """
 
 import torch
 
-from ._common import DEFAULT_BLOCK, check_ties, embeddings, pct, ranked_relevance, rows_per_block
+from ._common import (DEFAULT_BLOCK, block_scores, check_ties, embeddings, no_nan, pct, ranked_relevance,
+                      rows_per_block)
 from .multilabel import ranked_ap
 from .retrieval import recall_summary, target_ranks
 
@@ -41,8 +43,8 @@ def instance_map(query, gallery, query_labels, gallery_labels, exclude=None,
         raise ValueError(f"ap must be one of {AP_KINDS}, got {ap!r}")
     q = embeddings(query, "query")
     g = embeddings(gallery, "gallery").to(q.device)
-    ql = torch.as_tensor(query_labels, device=q.device).reshape(-1)
-    gl = torch.as_tensor(gallery_labels, device=q.device).reshape(-1)
+    ql = no_nan(torch.as_tensor(query_labels, device=q.device).reshape(-1), "query_labels")
+    gl = no_nan(torch.as_tensor(gallery_labels, device=q.device).reshape(-1), "gallery_labels")
     if len(ql) != len(q) or len(gl) != len(g):
         raise ValueError("one label per query and per gallery item")
     ex = (torch.full((len(q),), -1, dtype=torch.long, device=q.device) if exclude is None
@@ -52,7 +54,7 @@ def instance_map(query, gallery, query_labels, gallery_labels, exclude=None,
     aps = []
     step = rows_per_block(len(g), block)
     for a in range(0, len(q), step):
-        s = q[a:a + step] @ g.T
+        s = block_scores(q[a:a + step], g, "query", "gallery", first=a)
         rel = ql[a:a + step, None] == gl[None, :]
         valid = torch.ones_like(rel)
         rows = (ex[a:a + step] >= 0).nonzero().reshape(-1)
@@ -72,7 +74,7 @@ def holidays_map(embeddings_, groups, queries=None, ap: str = "trapezoid",
     image of each group, as in Holidays where it is the group's xxxx00.jpg) ranks all the
     others — itself excluded — and the relevant images are the rest of its group."""
     x = embeddings(embeddings_, "embeddings")
-    grp = torch.as_tensor(groups).reshape(-1)
+    grp = no_nan(torch.as_tensor(groups).reshape(-1), "groups")
     if len(grp) != len(x):
         raise ValueError(f"{len(grp)} groups for {len(x)} images")
     if queries is None:
@@ -92,14 +94,15 @@ def ukbench_score(embeddings_, groups=None, ties: str = "pessimistic",
     number of its group's images (4 per group; default groups ``i // 4``) among the top 4,
     averaged over queries — 4.0 is perfect."""
     x = embeddings(embeddings_, "embeddings")
-    grp = (torch.arange(len(x)) // 4 if groups is None else torch.as_tensor(groups)).reshape(-1)
+    grp = no_nan((torch.arange(len(x)) // 4 if groups is None else torch.as_tensor(groups)).reshape(-1),
+                 "groups")
     if len(grp) != len(x):
         raise ValueError(f"{len(grp)} groups for {len(x)} images")
     grp = grp.to(x.device)
     hits = []
     step = rows_per_block(len(x), block)
     for a in range(0, len(x), step):
-        s = x[a:a + step] @ x.T
+        s = block_scores(x[a:a + step], x, "embeddings", "embeddings", first=a)
         rel = grp[a:a + step, None] == grp[None, :]
         hits.append(ranked_relevance(s, rel, ties)[:, :4].sum(1))
     return {"ns_score": float(torch.cat(hits).double().mean())}

@@ -1,13 +1,16 @@
 """Multi-label classification metrics (Tencent ML-Images evaluation).
 
 Targets may be soft (0.8/0.9/1.0): an entry is positive when ≥ ``threshold`` (0.5), negative
-below it, and ignored when < 0 (the −1 "unknown" of the loss). Ties between scores follow
+below it, and ignored when < 0 (the −1 "unknown" of the loss); NaN targets and NaN scores are
+refused, not ignored. Ties between scores follow
 ``ties`` (see :mod:`.retrieval`): pessimistic by default. Values in percent.
 """
 
+import math
+
 import torch
 
-from ._common import check_ties, pct, ranked_relevance
+from ._common import check_ks, check_ties, no_nan, pct, ranked_relevance
 
 
 def _inputs(scores, targets, threshold):
@@ -16,10 +19,13 @@ def _inputs(scores, targets, threshold):
     if s.ndim != 2 or s.shape != t.shape:
         raise ValueError(f"scores {tuple(s.shape)} and targets {tuple(t.shape)} must be the "
                          "same (N, C) shape")
+    if not (threshold > 0 and math.isfinite(threshold)):
+        raise ValueError(f"threshold must be a finite number > 0 (targets < 0 are ignored), "
+                         f"got {threshold!r}")
     s = s if s.dtype == torch.float64 else s.float()
     if torch.isnan(s).any():
         raise ValueError("scores contain NaN")
-    t = t.float()
+    t = no_nan(t.float(), "targets")
     return s, t >= threshold, t >= 0
 
 
@@ -33,6 +39,7 @@ def multilabel_topk(scores, targets, ks=(5, 10), threshold: float = 0.5,
     out of all three (``num_images`` says how many counted).
     """
     check_ties(ties)
+    ks = check_ks(ks)
     s, pos, valid = _inputs(scores, targets, threshold)
     keep = pos.any(1)
     s, pos, valid = s[keep], pos[keep], valid[keep]
@@ -52,7 +59,10 @@ def multilabel_topk(scores, targets, ks=(5, 10), threshold: float = 0.5,
 
 def average_precision(scores, relevant, ties: str = "pessimistic", valid=None) -> torch.Tensor:
     """Non-interpolated AP per row: mean over the relevant items of the precision at their
-    rank. Rows without relevant items give NaN."""
+    rank. Rows without relevant items give NaN; NaN scores are refused."""
+    scores = torch.as_tensor(scores)
+    if scores.is_floating_point() and torch.isnan(scores).any():
+        raise ValueError("scores contain NaN")
     return ranked_ap(ranked_relevance(scores, relevant, ties, valid))
 
 

@@ -2,7 +2,9 @@
 
 Scores are dot products (L2-normalise the embeddings first for cosine similarity), computed
 in row blocks of at most ``block`` entries, on the embeddings' device (GPU when they are
-there), so 5K images × 25K captions never hold the full matrix.
+there), so 5K images × 25K captions never hold the full matrix. Scores that overflow float32
+(finite embeddings with entries near 1e20) are recomputed in float64, so they never rank as
+NaN.
 
 Ranks are 1-based. i2t: an image's rank is that of its best-ranked caption; t2i: a caption's
 rank is that of its image — or, given identity labels (person search), of the best-ranked image
@@ -17,7 +19,8 @@ Values: recalls in percent, ranks in positions; ``rsum`` = sum of the six recall
 
 import torch
 
-from ._common import DEFAULT_BLOCK, check_ties, embeddings, pct, rows_per_block
+from ._common import (DEFAULT_BLOCK, block_scores, check_ks, check_ties, embeddings, no_nan, pct,
+                      rows_per_block)
 
 MEDIANS = ("floor", "recall")
 
@@ -35,11 +38,12 @@ def _labels(labels, count: int, name: str, device) -> torch.Tensor:
     x = torch.as_tensor(labels, device=device).reshape(-1)
     if x.numel() != count:
         raise ValueError(f"{name} has {x.numel()} entries for {count} items")
-    return x
+    return no_nan(x, name)
 
 
-def _ranks(q, g, ql, gl, ties, block) -> torch.Tensor:
-    """label_ranks on checked embeddings q, g (one device) and labels ql, gl (on it too)."""
+def _ranks(q, g, ql, gl, ties, block, names=("query", "gallery")) -> torch.Tensor:
+    """label_ranks on checked embeddings q, g (one device) and labels ql, gl (on it too);
+    ``names`` of q and g for the messages."""
     lonely = (~torch.isin(ql, gl)).nonzero()
     if len(lonely):
         k = int(lonely[0])
@@ -47,7 +51,7 @@ def _ranks(q, g, ql, gl, ties, block) -> torch.Tensor:
     out = torch.empty(len(q), dtype=torch.long, device=q.device)
     step = rows_per_block(len(g), block)
     for a in range(0, len(q), step):
-        s = q[a:a + step] @ g.T
+        s = block_scores(q[a:a + step], g, *names, first=a)
         match = ql[a:a + step, None] == gl[None, :]
         best = s.masked_fill(~match, float("-inf")).amax(1, keepdim=True)
         # Pessimistic: a non-match scoring equal to the best match is ahead of it; optimistic:
@@ -100,8 +104,8 @@ def retrieval_ranks(img, txt, txt_to_img, ties: str = "pessimistic", block: int 
         raise ValueError(f"image {int((has == 0).nonzero()[0])} has no caption")
     labels = (torch.arange(len(img), device=img.device) if image_labels is None
               else _labels(image_labels, len(img), "image_labels", img.device))
-    return (_ranks(img, txt, labels, labels[g], ties, block),
-            _ranks(txt, img, labels[g], labels, ties, block))
+    return (_ranks(img, txt, labels, labels[g], ties, block, ("img", "txt")),
+            _ranks(txt, img, labels[g], labels, ties, block, ("txt", "img")))
 
 
 def recall_summary(ranks, ks=(1, 5, 10), median: str = "floor", prefix: str = "") -> dict:
@@ -113,9 +117,16 @@ def recall_summary(ranks, ks=(1, 5, 10), median: str = "floor", prefix: str = ""
     """
     if median not in MEDIANS:
         raise ValueError(f"median must be one of {MEDIANS}, got {median!r}")
-    r = torch.as_tensor(ranks).long().reshape(-1)
+    ks = check_ks(ks)
+    r = torch.as_tensor(ranks).reshape(-1)
     if r.numel() == 0:
         raise ValueError("no ranks")
+    bad = r < 1
+    if r.is_floating_point():
+        bad |= ~torch.isfinite(r) | (r != r.floor())
+    if bad.any():
+        raise ValueError(f"ranks must be 1-based integers, got {r[bad][0].item()}")
+    r = r.long()
     out = {f"{prefix}r{k}": pct((r <= k).double().mean()) for k in ks}
     srt = r.sort().values.double()
     n = len(srt)

@@ -1,9 +1,12 @@
+import io
 import json
+import warnings
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from fusedembed.data import DataError, caption_folder, karpathy, mlimages, read_class_dictionary
+from fusedembed.data import DataError, Vocab, caption_folder, karpathy, mlimages, read_class_dictionary
 
 
 def png(path, value=128, size=(6, 5)):
@@ -99,10 +102,15 @@ def test_karpathy_missing_and_unreadable_images(flickr):
     with pytest.warns(RuntimeWarning, match="skipped 1 missing_image"):
         ds = karpathy(path, flickr / "images", split="test", skip_bad=True)
     assert ds.num_images == 1 and ds.skipped == {"missing_image": 1}
-    # Not verified up front: the unreadable file fails on access, naming both files.
-    with pytest.raises(DataError, match=r"flickr30k.json:images\[4\]: cannot read image "
-                                        r".*4.jpg"):
-        ds[0]
+    # Not verified up front: the unreadable file fails on access, naming both files (with
+    # skip_bad, after a warning naming it, since no other item could stand in for it).
+    with pytest.warns(RuntimeWarning, match=r"flickr30k.json:images\[4\]: cannot read image .*4.jpg"):
+        with pytest.raises(DataError, match="none of the 2 items has a readable image"):
+            ds[0]
+    (flickr / "images" / "3.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match=r"flickr30k.json:images\[3\]: cannot read image .*3.jpg"):
+        karpathy(path, flickr / "images", split="test")[0]
+    (flickr / "images" / "3.jpg").unlink()
     with pytest.raises(DataError, match="no usable images in split 'test'; skipped 1 "
                                         "missing_image, 1 unreadable_image"):
         karpathy(path, flickr / "images", split="test", skip_bad=True, verify_images=True)
@@ -228,5 +236,107 @@ def test_mlimages_errors_and_skips(tmp_path):
     with pytest.warns(RuntimeWarning, match="4 malformed_line, 1 missing_image"):
         ds = mlimages(**args, skip_bad=True)      # unverified: fails when read
     assert len(ds) == 2
-    with pytest.raises(DataError, match=r"list.txt:line 7: cannot read image .*bad.jpg"):
-        ds[1]
+    with pytest.warns(RuntimeWarning, match=r"list.txt:line 7: cannot read image .*bad.jpg"):
+        assert ds[1]["path"].endswith("ok.jpg")     # skipped at access: the next readable item
+    (tmp_path / "bad.txt").write_text("bad.jpg 0\n")
+    with pytest.raises(DataError, match=r"bad.txt:line 1: cannot read image .*bad.jpg"):
+        mlimages(tmp_path / "bad.txt", tmp_path, num_classes=4)[0]      # without skip_bad
+
+
+def test_captions_without_tokens_are_reported_once(tmp_path):
+    for name in ("a.png", "b.png", "c.png"):
+        png(tmp_path / name)
+    write_jsonl(tmp_path / "captions.jsonl", [
+        {"image": "a.png", "captions": ["一只狗在奔跑", "!!!"]},
+        {"image": "b.png", "captions": ["Ein Hund läuft", "…", "a dog"]},
+        {"image": "c.png", "caption": "?"},
+    ])
+    with pytest.warns(RuntimeWarning) as record:
+        ds = caption_folder(tmp_path)
+    assert len(record) == 1
+    assert str(record[0].message) == (
+        f"{tmp_path / 'captions.jsonl'}: 3 of 6 captions have no token (caption ids 1 '!!!', "
+        "3 '…', 5 '?'); kept as empty token sequences — the text model sees only padding for them")
+    assert ds.empty_captions == [1, 3, 5] and ds.num_captions == 6      # kept: ids unchanged
+    assert ds.vocab.decode(ds[0]["tokens"]) == ["一", "只", "狗", "在", "奔", "跑"]
+    assert ds[1]["tokens"].tolist() == [] and ds.with_view("text").empty_captions == [1, 3, 5]
+    write_jsonl(tmp_path / "captions.jsonl", [{"image": "a.png", "captions": ["!!!", "..."]}])
+    with pytest.raises(ValueError, match=r"captions.jsonl: none of the 2 captions has a token "
+                                         r"\(first: 0 '!!!', 1 '...'\)"):
+        caption_folder(tmp_path)
+
+
+def test_files_that_are_not_utf8_are_named(flickr):
+    png(flickr / "a.png")
+
+    def check(name, data, call):
+        (flickr / name).write_bytes(data)
+        at = data.index(b"\xe4")                      # ä in Latin-1, not a UTF-8 sequence
+        line = data.count(b"\n", 0, at) + 1
+        with pytest.raises(DataError, match=rf"{name}:line {line}: not UTF-8 text: byte {at} \(0xe4\): "
+                                            "invalid continuation byte; save the file as UTF-8"):
+            call(flickr / name)
+
+    latin1 = "Ein Hund läuft".encode("latin-1")
+    check("captions.jsonl", b'{"image": "a.png", "caption": "ok"}\n{"image": "a.png", "caption": "'
+          + latin1 + b'"}\n', lambda p: caption_folder(p.parent))
+    check("latin1.json", json.dumps(flickr_doc(), indent=1).encode().replace(b"number 1", latin1),
+          lambda p: karpathy(p, flickr / "images"))
+    check("list.txt", b"a.png 0\nb\xe4r.png 1\n", lambda p: mlimages(p, flickr, num_classes=2))
+    check("dict.txt", b"n0\t-1\tthing\nn1\t0\tb\xe4r\n", read_class_dictionary)
+    check("vocab.json", b'["<pad>", "<unk>", "b\xe4r"]', Vocab.load)
+
+
+def truncated_jpeg(path):
+    """A real JPEG (libjpeg, through PIL: torchvision 0.29 deprecates its encode_jpeg) cut in
+    the middle of its compressed data: its header is intact (PIL's verify() accepts it), its
+    pixels cannot all be decoded."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+        buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    with Image.open(io.BytesIO(data[:len(data) * 2 // 3])) as im:
+        im.verify()                                    # the old check passes it
+    path.write_bytes(data[:len(data) * 2 // 3])
+
+
+def test_truncated_jpeg_fails_verification_and_is_skipped_at_access(flickr):
+    path, images = flickr / "dataset_flickr30k.json", flickr / "images"
+    truncated_jpeg(images / "1.jpg")                             # a train image
+    with pytest.raises(DataError, match=r"images\[1\]: cannot read image .*1.jpg: image file is "
+                                        r"truncated"):
+        karpathy(path, images, verify_images=True)            # it used to pass
+    with pytest.warns(RuntimeWarning, match="skipped 1 unreadable_image"):
+        ds = karpathy(path, images, verify_images=True, skip_bad=True)
+    assert ds.num_images == 1 and ds.skipped == {"unreadable_image": 1}
+    # Unverified: the failure comes at access, naming the list entry and the file ...
+    ds = karpathy(path, images)
+    with pytest.raises(DataError, match=r"flickr30k.json:images\[1\]: cannot read image .*1.jpg: "
+                                        "image file is truncated"):
+        ds[2]
+    # ... or, with skip_bad, the item is skipped (the next readable one served) and counted once.
+    ds = karpathy(path, images, skip_bad=True, view="image")
+    with pytest.warns(RuntimeWarning, match=r"images\[1\]: cannot read image .*1.jpg: image file is "
+                                            r"truncated.*; skipped \(skip_bad=True\)"):
+        item = ds[1]
+    assert item["instance"] == 0 and item["path"].endswith("0.jpg")      # wrapped around
+    assert ds.skipped == {"unreadable_image": 1} and "1.jpg" in ds.skip_messages[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ds.with_view("pair")[3]["instance"] == 0 and ds[0]["instance"] == 0
+    assert ds.skipped == {"unreadable_image": 1}
+
+
+def test_mlimages_truncated_jpeg(tmp_path):
+    png(tmp_path / "ok.jpg")
+    truncated_jpeg(tmp_path / "cut.jpg")
+    (tmp_path / "list.txt").write_text("cut.jpg 0\nok.jpg 1\n")
+    args = dict(list_file=tmp_path / "list.txt", image_root=tmp_path, num_classes=2)
+    with pytest.raises(DataError, match=r"list.txt:line 1: cannot read image .*cut.jpg"):
+        mlimages(**args, verify_images=True)
+    with pytest.raises(DataError, match=r"list.txt:line 1: cannot read image .*cut.jpg"):
+        mlimages(**args)[0]
+    ds = mlimages(**args, skip_bad=True)
+    with pytest.warns(RuntimeWarning, match="cut.jpg"):
+        assert ds[0]["path"].endswith("ok.jpg") and ds[0]["labels"].tolist() == [0, 1]
+    assert ds.skipped == {"unreadable_image": 1}

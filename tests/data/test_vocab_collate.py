@@ -10,6 +10,22 @@ def test_tokenize():
     assert tokenize("  ") == []
 
 
+def test_tokenize_unicode_words():
+    # Letters of any script are letters (they were cut at every non-ASCII character:
+    # ['ein', 'hund', 'l', 'uft', 'ber', 'die', 'stra', 'e']).
+    assert tokenize("Ein Hund läuft über die Straße") == ["ein", "hund", "läuft", "über", "die", "straße"]
+    assert tokenize("Ein Hund la\u0308uft") == tokenize("Ein Hund läuft")      # NFKC: one spelling
+    assert tokenize("ÉLAN, ΣΟΦΊΑ и Москва") == ["élan", "σοφία", "и", "москва"]
+    assert tokenize("कुत्ता दौड़ रहा है") == ["कुत्ता", "दौड़", "रहा", "है"]      # vowel signs are marks
+    assert tokenize("كلب يركض") == ["كلب", "يركض"]
+    assert tokenize("개가 달린다") == ["개가", "달린다"]                          # Hangul has spaces
+    assert tokenize("man’s ＲＥＤ hat_2") == ["man's", "red", "hat", "2"]
+    # CJK has no spaces: one token per character (it gave no token at all).
+    assert tokenize("一只狗在草地上奔跑。") == ["一", "只", "狗", "在", "草", "地", "上", "奔", "跑"]
+    assert tokenize("a 3D 狗が走る!") == ["a", "3d", "狗", "が", "走", "る"]
+    assert tokenize("") == [] and tokenize("!!! …") == []
+
+
 def test_vocab_build_order_and_ids():
     v = Vocab.build([["b", "a", "c"], ["b", "a"], ["b"], ["d"]], min_count=1)
     assert v.itos == ["<pad>", "<unk>", "b", "a", "c", "d"]     # count desc, then alphabetical

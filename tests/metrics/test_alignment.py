@@ -39,3 +39,11 @@ def test_empty_and_errors():
         alignment_metrics(torch.zeros(1, 3), torch.zeros(1, 3), lengths=[4])
     with pytest.raises(ValueError, match="region index >= K=2"):
         alignment_metrics(torch.tensor([[3]]), torch.tensor([[0]]), groups=torch.tensor([[0, 1]]))
+    # NaN read as a region (.long() made it a huge negative index: "no region", not scored).
+    nan = float("nan")
+    with pytest.raises(ValueError, match=r"truth must hold whole numbers, got nan at index \(0, 1\)"):
+        alignment_metrics(torch.tensor([[0, 1]]), torch.tensor([[0.0, nan]]))
+    with pytest.raises(ValueError, match="assignment must hold whole numbers, got 0.5"):
+        alignment_metrics(torch.tensor([[0.0, 0.5]]), torch.tensor([[0, 1]]))
+    with pytest.raises(ValueError, match="lengths must hold whole numbers"):
+        alignment_metrics(torch.zeros(1, 3), torch.zeros(1, 3), lengths=[nan])

@@ -60,6 +60,26 @@ def test_copy_recall():
     assert out["meanr"] == pytest.approx(5 / 3)
 
 
+def test_overflowing_scores_and_nan_labels():
+    # float32 embeddings near 1e20: scores overflow float32; the metrics must equal those of the
+    # same embeddings in float64 (they were NaN-ranked before).
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(12, 4, generator=gen) * 1e20
+    groups = torch.arange(12) // 4
+    assert not torch.isfinite(x @ x.T).all()
+    assert holidays_map(x, groups) == holidays_map(x.double(), groups)
+    assert ukbench_score(x) == ukbench_score(x.double())
+    assert copy_recall(x, x, torch.arange(12)) == copy_recall(x.double(), x.double(), torch.arange(12))
+    nan = float("nan")
+    with pytest.raises(ValueError, match=r"query_labels contains NaN at index \(1,\)"):
+        instance_map(torch.eye(3), torch.eye(3), [0.0, nan, 1.0], [0.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match=r"gallery_labels contains NaN"):
+        instance_map(torch.eye(3), torch.eye(3), [0.0, 1.0, 1.0], [0.0, nan, 1.0])
+    for fn in (ukbench_score, holidays_map):
+        with pytest.raises(ValueError, match=r"groups contains NaN at index \(2,\)"):
+            fn(torch.eye(4), [0.0, 0.0, nan, 0.0])
+
+
 @pytest.mark.parametrize("device", cpu_and_cuda())
 def test_metrics_follow_the_device(device):
     from fusedembed.metrics import multilabel_map, multilabel_topk

@@ -71,3 +71,19 @@ def test_errors():
         multilabel_topk(torch.zeros(2, 3), torch.zeros(2, 3))
     with pytest.raises(ValueError, match="NaN"):
         multilabel_map(torch.full((2, 3), float("nan")), torch.ones(2, 3))
+
+
+def test_cutoffs_nan_targets_and_threshold_are_refused():
+    s, t = torch.rand(3, 5), torch.ones(3, 5)
+    with pytest.raises(ValueError, match=r"ks must be integers >= 1, got \(0,\)"):
+        multilabel_topk(s, t, ks=(0,))                       # was p@0 = nan
+    # The docs say entries < 0 are ignored; NaN used to be ignored silently too.
+    t[0, 1] = float("nan")
+    for fn in (multilabel_topk, multilabel_map):
+        with pytest.raises(ValueError, match=r"targets contains NaN at index \(0, 1\)"):
+            fn(s, t)
+    for threshold in (0.0, -2.0, float("nan")):              # would make the ignored −1 positive
+        with pytest.raises(ValueError, match="threshold must be a finite number > 0"):
+            multilabel_topk(s, torch.ones(3, 5), threshold=threshold)
+    with pytest.raises(ValueError, match="scores contain NaN"):
+        average_precision(torch.tensor([[float("nan"), 1.0]]), torch.tensor([[True, False]]))

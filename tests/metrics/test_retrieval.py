@@ -161,6 +161,52 @@ def test_target_ranks_and_errors():
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("integer", [True, False])
+def test_scores_that_overflow_float32_still_rank_exactly(integer, device):
+    # Finite float32 embeddings with entries near 1e20: their dot products pass the float32
+    # range (inf − inf = NaN, which compares false and once ranked every image's caption first:
+    # i2t R@1 = 100). The ranking must be that of the exact (float64) scores.
+    gen = torch.Generator().manual_seed(4)
+    n, dim = 9, 4
+    g = torch.arange(3 * n) // 3
+    if integer:     # exact ties at the overflowing scale
+        img = torch.randint(-1, 2, (n, dim), generator=gen).float() * 1e20
+        txt = torch.randint(-1, 2, (len(g), dim), generator=gen).float() * 1e20
+    else:
+        img, txt = torch.randn(n, dim, generator=gen) * 1e20, torch.randn(len(g), dim, generator=gen) * 1e20
+    img[0] /= 1e20                      # one row that does not overflow: blocks of either kind
+    assert not torch.isfinite(img @ txt.T).all()
+    for ties in ("pessimistic", "optimistic"):
+        want_i2t, want_t2i = brute_ranks(img, txt, g, ties)
+        for block in (len(g), 1 << 20):
+            i2t, t2i = retrieval_ranks(img.to(device), txt.to(device), g, ties=ties, block=block)
+            assert i2t.tolist() == want_i2t and t2i.tolist() == want_t2i
+    assert retrieval_metrics(img, txt, g) == retrieval_metrics(img.double(), txt.double(), g)
+
+
+def test_scores_that_overflow_float64_are_an_error():
+    big = torch.full((2, 2), 1e200, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"img · txt scores overflow torch.float64 \(img 0, txt 0\); "
+                                         "L2-normalise"):
+        retrieval_metrics(big, big, [0, 1])
+    with pytest.raises(ValueError, match=r"query · gallery scores overflow torch.float64 \(query 1"):
+        target_ranks(torch.tensor([[1.0, 0.0], [1e200, 0.0]], dtype=torch.float64), big, [0, 1],
+                     block=2)
+
+
+def test_cutoffs_and_ranks_are_checked():
+    for ks in ((0,), (1, -5), (1.5,), ()):
+        with pytest.raises(ValueError, match=r"ks must be integers >= 1, got"):
+            recall_summary([1, 2], ks=ks)
+    assert recall_summary([1, 2], ks=(np.int64(1),))["r1"] == 50.0
+    for ranks in ([0, 1], [1.0, float("nan")], [1.5]):
+        with pytest.raises(ValueError, match="ranks must be 1-based integers"):
+            recall_summary(torch.tensor(ranks))
+    with pytest.raises(ValueError, match=r"image_labels contains NaN at index \(1,\)"):
+        retrieval_ranks(torch.ones(2, 2), torch.ones(2, 2), [0, 1], image_labels=[0.0, float("nan")])
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_device_and_half_precision(device):
     gen = torch.Generator().manual_seed(3)
     img, txt = torch.randn(40, 8, generator=gen), torch.randn(200, 8, generator=gen)

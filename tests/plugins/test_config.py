@@ -1,9 +1,12 @@
 import textwrap
+from typing import Any, List, Literal, Optional, Union
 
 import pytest
+import torch
 
 from fusedembed import RecipeError, load_recipe, save_recipe
-from fusedembed.config import apply_overrides, load_tree, merge, stage_recipes
+from fusedembed.config import apply_overrides, check_components, load_tree, merge, stage_recipes
+from fusedembed.registry import Registries
 from fusedembed.recipe import Recipe
 from fusedembed.testing import plugin_manager
 
@@ -241,3 +244,56 @@ def test_split_loss():
     assert split_loss({"name": "ce", "weight": 2, "inputs": {"logits": "img_logits"}, "eps": 0.1}) == (
         {"name": "ce", "eps": 0.1}, 2.0, {"logits": "img_logits"})
     assert split_loss("ce") == ({"name": "ce"}, 1.0, {})
+
+
+def laughs(levels: int) -> str:
+    """A "billion laughs" value: each level is nine aliases of the one before (9**levels
+    strings from a few hundred bytes), as one YAML flow mapping."""
+    items = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    items += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "{" + ", ".join(items) + "}"
+
+
+def with_base(extra: str) -> str:
+    return textwrap.dedent(BASE).replace("description: base recipe\n", "") + extra
+
+
+def test_alias_expansion_is_bounded(write, registries):
+    # 9**6 = 531,441 strings (the 449-byte recipe of the issue had 9**9: `config show` ran past
+    # 100 s and 3.9 GB expanding it); refused before anything walks the expansion.
+    path = write("laughs.yaml", with_base(f"description: {laughs(6)}\n"))
+    with pytest.raises(RecipeError, match=rf"^{path}: YAML aliases expand it past 100,000 nodes \(each "
+                                          r"\*alias repeats its &anchor's whole content\)"):
+        load_recipe(path)
+    with pytest.raises(RecipeError, match=r"^override description: YAML aliases expand it past 100,000"):
+        load_recipe(write("base.yaml", BASE), [f"description={laughs(6)}"])
+    with pytest.raises(RecipeError, match="YAML aliases expand it past"):
+        load_tree(write("self.yaml", with_base("loop: &loop [*loop]\n")))      # contains itself
+    # Small, legitimate aliases keep working.
+    small = with_base("stages:\n  - {name: one}\n  - {name: two, trainer: {optimizer: *opt, lr: 0.5}}\n")
+    small = small.replace("optimizer: {name: sgd", "optimizer: &opt {name: sgd")
+    r = load_recipe(write("small.yaml", small))
+    assert r.stages[1]["trainer"]["optimizer"]["momentum"] == 0.8 and r.trainer.optimizer.momentum == 0.8
+
+
+def test_scalar_arguments_of_factories_are_type_checked(write, registries):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write("base.yaml", BASE), ["model.backbone.width=eight", "model.backbone.gem_p=x"])                    # `width=eight` passed `config show`
+    assert err.value.problems == ["model.backbone.width: expected int, got str 'eight'",
+                                  "model.backbone.gem_p: expected float, got str 'x'"]
+
+    def factory(width: int, scale: float = 1.0, flip: bool = False, mode: Literal["a", "b"] = "a",
+                sizes: List[int] = (), limit: int = None, tag: Optional[str] = None, extra: Any = None,
+                either: Union[int, str] = 0):
+        return torch.nn.Identity()
+
+    toy = Registries()
+    toy["model"].add("toy", factory, plugin="t")
+    ok = {"name": "toy", "width": 3, "scale": 2, "flip": True, "mode": "b", "sizes": [1, 2], "limit": None,
+          "tag": None, "extra": object(), "either": "x"}
+    assert check_components([("model", "model", ok)], toy) == []
+    bad = {"name": "toy", "width": 2.5, "flip": 1, "mode": "c", "sizes": [1, "x"], "either": [1]}
+    assert check_components([("model", "model", bad)], toy) == [
+        "model.width: expected int, got float 2.5", "model.flip: expected bool, got int 1",
+        "model.mode: expected one of 'a', 'b', got 'c'", "model.sizes[1]: expected int, got str 'x'",
+        "model.either: expected int or str, got list [1]"]

@@ -12,7 +12,7 @@ from typing import Dict, Optional
 
 import torch
 
-from fusedembed.data import DataError, ImageCaptionDataset, Vocab, karpathy, tokenize
+from fusedembed.data import DataError, ImageCaptionDataset, Vocab, karpathy, read_text, tokenize
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
@@ -46,7 +46,7 @@ def _read_list(path) -> list:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(path, None, "split list not found")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 def shared_vocab(vocab_path: Optional[str], build) -> Vocab:
@@ -133,10 +133,7 @@ class PedesDataset(ImageCaptionDataset):
 def cuhk_pedes(split: str, json_path: str, image_root: str, image_size: int = 224, view: str = "image",
                train_flip: bool = True, min_count: int = 1, vocab_path: Optional[str] = None) -> PedesDataset:
     """CUHK-PEDES from its ``reid_raw.json`` (identity = class)."""
-    try:
-        records = json.loads(Path(json_path).expanduser().read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(json_path, None, "file not found") from None
+    records = json.loads(read_text(json_path))
     if not isinstance(records, list):
         raise DataError(json_path, None, f"expected a list of records, got {type(records).__name__}")
     rows = []
