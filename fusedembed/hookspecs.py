@@ -26,7 +26,8 @@ a YAML file shipped inside the package; users address it as ``<plugin>/<name>``.
 Model outputs follow one vocabulary, so losses and evaluators of different plugins fit together:
 ``embedding`` (the retrieval vector of a single-modality model), ``image_embedding`` and
 ``text_embedding`` (a cross-modal model's two, in one space), ``features`` (the backbone's
-output before any head), ``logits`` (classifier scores). Embeddings that are compared by dot
+output before any head; ``image_features`` / ``text_features`` in a cross-modal model),
+``logits`` (classifier scores). Embeddings that are compared by dot
 product are L2-normalised by the model.
 """
 

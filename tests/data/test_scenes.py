@@ -15,13 +15,8 @@ N = 40
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return tmp_path_factory.mktemp("scenes")
-
-
-@pytest.fixture(scope="module")
-def train(root):
-    return scenes("train", root=root, num_images=N, image_size=48, progress=False)
+def train(scenes_root):
+    return scenes("train", root=scenes_root, num_images=N, image_size=48, progress=False)
 
 
 def digest(directory):
@@ -217,10 +212,10 @@ def test_relation_rule():
     assert L.relation(o(0.2, 0.2), o(0.6, 0.6)) is None       # diagonal: not stated
 
 
-def test_vocab_comes_from_train(root, train):
-    val = scenes("val", root=root, num_images=10, image_size=48, train_images=N,
+def test_vocab_comes_from_train(scenes_root, train):
+    val = scenes("val", root=scenes_root, num_images=10, image_size=48, train_images=N,
                  progress=False)
-    assert val.vocab == train.vocab == scene_vocab(0, N, root, progress=False)
+    assert val.vocab == train.vocab == scene_vocab(0, N, scenes_root, progress=False)
     assert train.vocab.itos[:2] == ["<pad>", "<unk>"]
     assert val.caption_to_image.max() == 9
 
