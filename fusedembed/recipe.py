@@ -32,6 +32,8 @@ class OptimizerConfig:
     # Parameter-name globs kept out of weight decay; norm layers and biases when decay_norm_bias is off.
     no_weight_decay: List[str] = field(default_factory=list)
     decay_norm_bias: bool = True
+    # Parameter-name glob -> multiplier of weight_decay, first match wins (``{"*bn*": 0.1}``).
+    weight_decay_mult: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

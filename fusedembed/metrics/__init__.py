@@ -10,7 +10,8 @@ level or below, never perfect; ``ties="optimistic"`` gives the other bound.
   ``retrieval_ranks``, ``target_ranks``, ``label_ranks(queries, gallery, query_labels,
   gallery_labels)``, ``recall_summary(ranks, ks, median, prefix)``
 * multi-label: ``multilabel_topk(scores, targets, ks=(5, 10), threshold=0.5, ties)``,
-  ``multilabel_map(scores, targets, threshold=0.5, ties)``
+  ``multilabel_map(scores, targets, threshold=0.5, ties, classes=None)``,
+  ``multilabel_class_ap(scores, targets, threshold=0.5, ties)`` (per class, NaN without positives)
 * instance retrieval: ``holidays_map(emb, groups, queries=None, ap="trapezoid")``,
   ``instance_map(query, gallery, query_labels, gallery_labels, exclude=None, ...)``,
   ``ukbench_score(emb, groups=None)``, ``copy_recall(query, gallery, query_to_gallery, ks)``
@@ -19,12 +20,12 @@ level or below, never perfect; ``ties="optimistic"`` gives the other bound.
 
 from .alignment import alignment_metrics
 from .instance import copy_recall, holidays_map, instance_map, trapezoid_ap, ukbench_score
-from .multilabel import average_precision, multilabel_map, multilabel_topk
+from .multilabel import average_precision, multilabel_class_ap, multilabel_map, multilabel_topk
 from .retrieval import (coco_retrieval, label_ranks, recall_summary, retrieval_metrics,
                         retrieval_ranks, target_ranks)
 
 __all__ = [
     "alignment_metrics", "copy_recall", "holidays_map", "instance_map", "trapezoid_ap",
-    "ukbench_score", "average_precision", "multilabel_map", "multilabel_topk",
+    "ukbench_score", "average_precision", "multilabel_class_ap", "multilabel_map", "multilabel_topk",
     "coco_retrieval", "label_ranks", "recall_summary", "retrieval_metrics", "retrieval_ranks", "target_ranks",
 ]

@@ -74,12 +74,23 @@ def ranked_ap(rel: torch.Tensor) -> torch.Tensor:
     return (prec * rel).sum(1) / npos
 
 
-def multilabel_map(scores, targets, threshold: float = 0.5, ties: str = "pessimistic") -> dict:
-    """mAP over classes: AP of each class ranking the images by score, averaged over the
-    classes that have at least one positive image (``num_classes`` of them)."""
+def multilabel_class_ap(scores, targets, threshold: float = 0.5, ties: str = "pessimistic") -> torch.Tensor:
+    """(C,) float64 AP of each class, ranking the images by its score, in percent; NaN for a
+    class without a positive image (for per-class plots and means over class subsets)."""
     s, pos, valid = _inputs(scores, targets, threshold)
-    ap = average_precision(s.T, pos.T, ties, valid.T)
-    has = pos.any(0)
+    return 100 * average_precision(s.T, pos.T, ties, valid.T)
+
+
+def multilabel_map(scores, targets, threshold: float = 0.5, ties: str = "pessimistic", classes=None) -> dict:
+    """mAP over classes: AP of each class ranking the images by score, averaged over the
+    classes that have at least one positive image (``num_classes`` of them); ``classes``
+    (indices or a (C,) bool mask) restricts the mean to a subset, e.g. the rare ones."""
+    ap = multilabel_class_ap(scores, targets, threshold, ties)
+    has = ~torch.isnan(ap)
+    if classes is not None:
+        subset = torch.zeros_like(has)
+        subset[torch.as_tensor(classes, device=has.device)] = True
+        has &= subset
     if not has.any():
-        raise ValueError("no class has a positive image")
-    return {"map": pct(ap[has].mean()), "num_classes": float(has.sum())}
+        raise ValueError("no class (of those asked for) has a positive image")
+    return {"map": float(ap[has].mean()), "num_classes": float(has.sum())}

@@ -3,7 +3,9 @@
 Parameter groups: each model parameter takes the LR multiplier of the first ``lr_mult`` glob
 matching its name (1 when none does); multiplier 0 freezes it (``requires_grad=False``, not
 given to the optimizer). Biases and norm weights (tensors of one dimension) skip weight decay
-unless ``decay_norm_bias``; names matching ``no_weight_decay`` always do. Parameters owned by
+unless ``decay_norm_bias``; names matching ``no_weight_decay`` always do; the others decay by
+``weight_decay`` times the multiplier of the first ``weight_decay_mult`` glob matching their
+name (1 when none does). Parameters owned by
 the losses (a learnable margin) get their own optimizer, so their LR and decay never mix with
 the model's.
 """
@@ -17,6 +19,8 @@ from torch import nn
 
 
 def lr_multiplier(name: str, lr_mult: Dict[str, float]) -> float:
+    """The multiplier of the first glob of ``lr_mult`` (or any glob -> multiplier map) matching
+    ``name``; 1 when none does."""
     for pattern, mult in lr_mult.items():
         if fnmatch.fnmatchcase(name, pattern):
             return float(mult)
@@ -24,10 +28,12 @@ def lr_multiplier(name: str, lr_mult: Dict[str, float]) -> float:
 
 
 def param_groups(named_params, lr: float, opt_cfg, *, lr_mult: Optional[Dict[str, float]] = None,
-                 weight_decay: Optional[float] = None) -> List[dict]:
-    """Groups keyed by (multiplier, decays); freezes the parameters whose multiplier is 0."""
+                 weight_decay: Optional[float] = None,
+                 weight_decay_mult: Optional[Dict[str, float]] = None) -> List[dict]:
+    """Groups keyed by (LR multiplier, weight decay); freezes the parameters whose multiplier is 0."""
     lr_mult = opt_cfg.lr_mult if lr_mult is None else lr_mult
     wd = opt_cfg.weight_decay if weight_decay is None else weight_decay
+    wd_mult = opt_cfg.weight_decay_mult if weight_decay_mult is None else weight_decay_mult
     groups: Dict[tuple, dict] = {}
     for name, p in named_params:
         mult = lr_multiplier(name, lr_mult)
@@ -38,9 +44,10 @@ def param_groups(named_params, lr: float, opt_cfg, *, lr_mult: Optional[Dict[str
             continue
         no_decay = (not opt_cfg.decay_norm_bias and p.ndim <= 1) or any(
             fnmatch.fnmatchcase(name, g) for g in opt_cfg.no_weight_decay)
-        key = (mult, not no_decay)
+        decay = 0.0 if no_decay else wd * lr_multiplier(name, wd_mult)
+        key = (mult, decay)
         group = groups.setdefault(key, {"params": [], "names": [], "lr_mult": mult,
-                                        "lr": lr * mult, "weight_decay": 0.0 if no_decay else wd})
+                                        "lr": lr * mult, "weight_decay": decay})
         group["params"].append(p)
         group["names"].append(name)
     return list(groups.values())
@@ -68,7 +75,7 @@ def build_optimizers(model: nn.Module, losses: nn.ModuleList, cfg) -> Dict[str, 
     if model_opt is not None:
         out["model"] = model_opt
     loss_groups = param_groups(losses.named_parameters(), cfg.lr * cfg.loss_lr_mult, opt_cfg,
-                               lr_mult={}, weight_decay=cfg.loss_weight_decay)
+                               lr_mult={}, weight_decay=cfg.loss_weight_decay, weight_decay_mult={})
     loss_opt = make_optimizer(loss_groups, opt_cfg)
     if loss_opt is not None:
         out["loss"] = loss_opt

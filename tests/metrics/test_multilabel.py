@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusedembed.metrics import average_precision, multilabel_map, multilabel_topk
+from fusedembed.metrics import average_precision, multilabel_class_ap, multilabel_map, multilabel_topk
 
 
 def test_topk_hand_case():
@@ -62,6 +62,19 @@ def test_map_hand_and_brute():
     ap = average_precision(torch.tensor([[3.0, 3.0, 1.0]]), torch.tensor([[True, False, True]]),
                            ties="optimistic")
     assert ap.item() == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_class_ap_and_map_over_a_class_subset():
+    scores = torch.tensor([[0.9, 0.1, 0.5], [0.8, 0.9, 0.4], [0.7, 0.3, 0.2], [0.6, 0.4, 0.1]])
+    targets = torch.tensor([[1, 0, 0], [0, 0, 0], [1, 1, 0], [0, 0, 0]], dtype=torch.float32)
+    ap = multilabel_class_ap(scores, targets)
+    # class 0: ranks 1, 3 -> (1 + 2/3) / 2; class 1: its positive (0.3) ranks 3rd -> 1/3; class 2: none
+    assert ap[:2].tolist() == pytest.approx([100 * 5 / 6, 100 / 3]) and torch.isnan(ap[2])
+    assert multilabel_map(scores, targets, classes=[1, 2]) == {"map": pytest.approx(100 / 3), "num_classes": 1.0}
+    assert multilabel_map(scores, targets, classes=torch.tensor([True, True, False]))["map"] == \
+        pytest.approx(100 * (5 / 6 + 1 / 3) / 2)
+    with pytest.raises(ValueError, match="no class .* has a positive"):
+        multilabel_map(scores, targets, classes=[2])
 
 
 def test_errors():
