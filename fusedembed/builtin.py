@@ -173,7 +173,6 @@ def fusedembed_register_models(register):
 def fusedembed_register_losses(register):
     register("cross_entropy", CrossEntropy)
     register("bce", BinaryCrossEntropy)
-    register("sampled_weighted_sigmoid", _sampled_weighted_sigmoid)
 
 
 @hookimpl
@@ -183,29 +182,6 @@ def fusedembed_register_datasets(register):
     register("scenes", data.scenes)
     register("karpathy", data.karpathy)
     register("caption_folder", data.caption_folder)
-    register("mlimages", _mlimages)
-
-
-def _mlimages(split: str, list_file: str, image_root: str, **kwargs):
-    """Tencent ML-Images list file; ``list_file`` may hold ``{split}`` (``train_urls_{split}.txt``)."""
-    from .data import mlimages
-
-    return mlimages(list_file.format(split=split), image_root, **kwargs)
-
-
-def _sampled_weighted_sigmoid(num_classes: int, **kwargs):
-    """Weighted sigmoid cross-entropy with per-class state and sampling (fused kernel)."""
-    from .nn import SampledWeightedSigmoidLoss
-
-    return SampledWeightedSigmoidLoss(num_classes, **kwargs)
-
-
-@hookimpl
-def fusedembed_register_demos(register):
-    from . import demo
-
-    register("multilabel", demo.main, description="multi-label tiny_cnn + GeM with the fused sampled "
-             "sigmoid loss on the embedded scenes, vs label-frequency and random baselines")
 
 
 @hookimpl

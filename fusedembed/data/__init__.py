@@ -10,11 +10,14 @@ Factories (the built-in plugin registers them as datasets):
   Flickr30k / MSCOCO Karpathy split JSON.
 * ``caption_folder(root, captions_file="captions.jsonl", split=None, view="pair", ...)`` —
   a folder of images + ``captions.jsonl``.
-* ``mlimages(list_file, image_root, dictionary=None, num_classes=None, add_ancestors=False,
-  transform=None, skip_bad=False, verify_images=False)`` — Tencent ML-Images lists.
 * ``collate(batch, pad_to=None)`` — batches items (pads tokens, returns lengths).
-* ``read_text(path)`` — a UTF-8 text file, or a ``DataError`` naming it (missing, or not UTF-8:
-  the line and byte offset), for plugin readers; every reader here reads text that way.
+* ``read_text(path)`` / ``text_lines(path)`` — a UTF-8 text file (or its numbered lines), or a
+  ``DataError`` naming it (missing, or not UTF-8: the line and byte offset), for plugin
+  readers; every reader here reads text that way.
+* For plugin readers of image lists, the pieces the readers here are built from:
+  ``load_image(path, listed_in, where)`` (RGB float CHW; ``ImageReadError`` naming the image
+  and the list entry), ``check_image(path, log, listed_in, where, verify)``, ``SkipLog`` (counts
+  and messages of skipped entries) and the ``SkipsUnreadable`` mixin (``skip_bad`` at access).
 
 Item contract (dicts). Caption datasets (scenes, karpathy, caption_folder) have three views
 — ``"image"``: one item per image with one caption drawn per epoch (``set_epoch``);
@@ -28,7 +31,7 @@ Item contract (dicts). Caption datasets (scenes, karpathy, caption_folder) have 
 ``caption_index``  int, which of the image's captions (0..4 for scenes)
 ``caption``        str, the caption text
 ``tokens``         int64 (T,) token ids (``<pad>``=0, ``<unk>``=1), unpadded
-``labels``         float32 (C,) multi-hot incl. ancestors (scenes); soft (mlimages)
+``labels``         float32 (C,) multi-hot incl. ancestors (scenes)
 ``boxes``          float32 (K, 4) object boxes x0, y0, x1, y1 in pixels (scenes)
 ``objects``        int64 (K, 3) shape, colour, size index of each object (scenes)
 ``object_groups``  int64 (K,) objects with equal group are identical (scenes)
@@ -38,20 +41,19 @@ Item contract (dicts). Caption datasets (scenes, karpathy, caption_folder) have 
 
 A word that describes several identical objects ("two red circles") points at the first
 of them; any object of the same ``object_groups`` id is an equally right region (the
-alignment metrics take ``groups``). ``mlimages`` items have ``image``, ``labels``,
-``instance``, ``path``.
+alignment metrics take ``groups``).
 """
 
 from .collate import collate
-from .errors import DataError, read_text
+from .errors import DataError, SkipLog, read_text, text_lines
 from .image_captions import ImageCaptionDataset, caption_folder, karpathy
-from .multilabel import ClassDictionary, MultiLabelImages, mlimages, read_class_dictionary
+from .image_io import ImageReadError, SkipsUnreadable, check_image, load_image
 from .scene_dataset import ScenesDataset, ensure_split, scene_vocab, scenes
 from .vocab import PAD_ID, UNK_ID, Vocab, tokenize
 
 __all__ = [
-    "collate", "DataError", "read_text", "ImageCaptionDataset", "caption_folder", "karpathy",
-    "ClassDictionary", "MultiLabelImages", "mlimages", "read_class_dictionary",
+    "collate", "DataError", "SkipLog", "read_text", "text_lines", "ImageCaptionDataset", "caption_folder",
+    "karpathy", "ImageReadError", "SkipsUnreadable", "check_image", "load_image",
     "ScenesDataset", "ensure_split", "scene_vocab", "scenes", "PAD_ID", "UNK_ID", "Vocab",
     "tokenize",
 ]

@@ -1,7 +1,6 @@
-"""nn.Module layers over fusedembed.ops."""
+"""nn.Module layers over fusedembed.ops (the stateful paper rules around them live in plugins)."""
 
 from .alignment import Alignment, ViterbiAligner
 from .gem import GeM
-from .sigmoid_loss import SampledWeightedSigmoidLoss
 
-__all__ = ["GeM", "SampledWeightedSigmoidLoss", "ViterbiAligner", "Alignment"]
+__all__ = ["GeM", "ViterbiAligner", "Alignment"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fusedembed.data import DataError, Vocab, caption_folder, karpathy, mlimages, read_class_dictionary
+from fusedembed.data import DataError, Vocab, caption_folder, karpathy
 
 
 def png(path, value=128, size=(6, 5)):
@@ -165,84 +165,6 @@ def test_caption_folder_errors_and_skips(tmp_path):
         caption_folder(tmp_path / "nowhere")
 
 
-DICTIONARY = "n0\t-1\tthing\nn1\t0\tanimal\nn2\t1\tdog\nn3\t-1\tplace\n"
-
-
-def test_class_dictionary_formats(tmp_path):
-    (tmp_path / "d3.txt").write_text(DICTIONARY)
-    (tmp_path / "d4.txt").write_text("category_index\tcategory_id\tparent_index\tname\n"
-                                     + "".join(f"{i}\t{line}\n" for i, line in
-                                               enumerate(DICTIONARY.splitlines())))
-    for name in ("d3.txt", "d4.txt"):
-        d = read_class_dictionary(tmp_path / name)
-        assert d.names == ["thing", "animal", "dog", "place"] and d.parents == [-1, 0, 1, -1]
-        assert d.ancestors(2) == [1, 0]
-    (tmp_path / "cycle.txt").write_text("a\t1\tx\nb\t0\ty\n")
-    with pytest.raises(DataError, match="cycle.txt:line 1: class 0 is on a parent cycle"):
-        read_class_dictionary(tmp_path / "cycle.txt")
-    (tmp_path / "range.txt").write_text("a\t-1\tx\nb\t7\ty\n")
-    with pytest.raises(DataError, match="range.txt:line 2: parent 7"):
-        read_class_dictionary(tmp_path / "range.txt")
-    (tmp_path / "cols.txt").write_text("a\t-1\tx\nb y\n")
-    with pytest.raises(DataError, match="cols.txt:line 2: 1 tab-separated columns"):
-        read_class_dictionary(tmp_path / "cols.txt")
-
-
-def test_mlimages(tmp_path):
-    (tmp_path / "dict.txt").write_text(DICTIONARY)
-    png(tmp_path / "im" / "im_0.jpg")
-    png(tmp_path / "im" / "im_1.jpg")
-    (tmp_path / "list.txt").write_text(
-        "im_0.jpg\thttps://example.org/x.jpg\t2:0.9\t3:1\n"
-        "\n"
-        "im_1.jpg 1:0.8   0\n")
-    ds = mlimages(tmp_path / "list.txt", tmp_path / "im", dictionary=tmp_path / "dict.txt")
-    assert len(ds) == 2 and ds.num_classes == 4
-    assert ds[0]["labels"].tolist() == pytest.approx([0, 0, 0.9, 1])
-    assert ds[1]["labels"].tolist() == pytest.approx([1, 0.8, 0, 0])
-    assert ds[0]["image"].shape == (3, 5, 6) and ds[1]["instance"] == 1
-    up = mlimages(tmp_path / "list.txt", tmp_path / "im", dictionary=tmp_path / "dict.txt",
-                  add_ancestors=True)
-    assert up[0]["labels"].tolist() == pytest.approx([0.9, 0.9, 0.9, 1])
-    assert len(mlimages(tmp_path / "list.txt", tmp_path / "im", num_classes=5)[0]["labels"]) == 5
-
-
-def test_mlimages_errors_and_skips(tmp_path):
-    png(tmp_path / "ok.jpg")
-    (tmp_path / "bad.jpg").write_bytes(b"\x89PNG broken")
-    (tmp_path / "list.txt").write_text(
-        "ok.jpg 0:1\n"
-        "ok.jpg 1:high\n"
-        "ok.jpg 9\n"
-        "ok.jpg 1:1.5\n"
-        "ok.jpg 1 1:0.8\n"
-        "missing.jpg 0\n"
-        "bad.jpg 0\n")
-    args = dict(list_file=tmp_path / "list.txt", image_root=tmp_path, num_classes=4)
-    with pytest.raises(DataError, match=r"list.txt:line 2: bad label field '1:high'"):
-        mlimages(**args)
-    with pytest.warns(RuntimeWarning, match="skipped 4 malformed_line, 1 missing_image, "
-                                            "1 unreadable_image"):
-        ds = mlimages(**args, skip_bad=True, verify_images=True)
-    assert len(ds) == 1
-    assert [m.split(": ", 1)[0].rsplit(":", 1)[1] for m in ds.skip_messages] == \
-        ["line 2", "line 3", "line 4", "line 5", "line 6", "line 7"]
-    assert "class 9 out of range" in ds.skip_messages[1]
-    assert "listed twice" in ds.skip_messages[3]
-    with pytest.raises(ValueError, match="dictionary= or num_classes="):
-        mlimages(tmp_path / "list.txt", tmp_path)
-    with pytest.raises(DataError, match="nothing.txt: file not found"):
-        mlimages(tmp_path / "nothing.txt", tmp_path, num_classes=2)
-    with pytest.warns(RuntimeWarning, match="4 malformed_line, 1 missing_image"):
-        ds = mlimages(**args, skip_bad=True)      # unverified: fails when read
-    assert len(ds) == 2
-    with pytest.warns(RuntimeWarning, match=r"list.txt:line 7: cannot read image .*bad.jpg"):
-        assert ds[1]["path"].endswith("ok.jpg")     # skipped at access: the next readable item
-    (tmp_path / "bad.txt").write_text("bad.jpg 0\n")
-    with pytest.raises(DataError, match=r"bad.txt:line 1: cannot read image .*bad.jpg"):
-        mlimages(tmp_path / "bad.txt", tmp_path, num_classes=4)[0]      # without skip_bad
-
-
 def test_captions_without_tokens_are_reported_once(tmp_path):
     for name in ("a.png", "b.png", "c.png"):
         png(tmp_path / name)
@@ -282,8 +204,6 @@ def test_files_that_are_not_utf8_are_named(flickr):
           + latin1 + b'"}\n', lambda p: caption_folder(p.parent))
     check("latin1.json", json.dumps(flickr_doc(), indent=1).encode().replace(b"number 1", latin1),
           lambda p: karpathy(p, flickr / "images"))
-    check("list.txt", b"a.png 0\nb\xe4r.png 1\n", lambda p: mlimages(p, flickr, num_classes=2))
-    check("dict.txt", b"n0\t-1\tthing\nn1\t0\tb\xe4r\n", read_class_dictionary)
     check("vocab.json", b'["<pad>", "<unk>", "b\xe4r"]', Vocab.load)
 
 
@@ -324,19 +244,4 @@ def test_truncated_jpeg_fails_verification_and_is_skipped_at_access(flickr):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ds.with_view("pair")[3]["instance"] == 0 and ds[0]["instance"] == 0
-    assert ds.skipped == {"unreadable_image": 1}
-
-
-def test_mlimages_truncated_jpeg(tmp_path):
-    png(tmp_path / "ok.jpg")
-    truncated_jpeg(tmp_path / "cut.jpg")
-    (tmp_path / "list.txt").write_text("cut.jpg 0\nok.jpg 1\n")
-    args = dict(list_file=tmp_path / "list.txt", image_root=tmp_path, num_classes=2)
-    with pytest.raises(DataError, match=r"list.txt:line 1: cannot read image .*cut.jpg"):
-        mlimages(**args, verify_images=True)
-    with pytest.raises(DataError, match=r"list.txt:line 1: cannot read image .*cut.jpg"):
-        mlimages(**args)[0]
-    ds = mlimages(**args, skip_bad=True)
-    with pytest.warns(RuntimeWarning, match="cut.jpg"):
-        assert ds[0]["path"].endswith("ok.jpg") and ds[0]["labels"].tolist() == [0, 1]
     assert ds.skipped == {"unreadable_image": 1}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusedembed.data import collate, read_class_dictionary, scene_vocab, scenes
+from fusedembed.data import collate, scene_vocab, scenes
 from fusedembed.data import scene_layout as L
 from fusedembed.data import scene_dataset as scenes_mod
 from fusedembed.data.scene_render import RGB
@@ -136,8 +136,9 @@ def test_hierarchy_and_labels(train):
         pairs = {f"{L.COLOURS[c]} {L.SHAPES[s]}" for s, c, _ in objs}
         assert {names[c] for c in y.nonzero().reshape(-1).tolist() if " " in names[c]
                 and names[c].split()[1] in L.SHAPES} == pairs
-    d = read_class_dictionary(train.directory / "hierarchy.txt")
-    assert tuple(d.names) == names and tuple(d.parents) == parents
+    # The class dictionary in the ML-Images layout, <id>\t<parent index>\t<name> per line.
+    rows = [line.split("\t") for line in (train.directory / "hierarchy.txt").read_text().splitlines()]
+    assert tuple(r[2] for r in rows) == names and tuple(int(r[1]) for r in rows) == parents
 
 
 def _check_caption(objects, tokens, refs):

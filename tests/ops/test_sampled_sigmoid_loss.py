@@ -5,14 +5,11 @@ import pytest
 import torch
 
 import fusedembed
-from fusedembed.nn import SampledWeightedSigmoidLoss
 from fusedembed.ops import _reference, sampled_sigmoid_loss
 from fusedembed.ops.sampled_sigmoid_loss import sampled_sigmoid_loss_counts
 from fusedembed.testing import cpu_and_cuda, tolerance
 
 pytestmark = pytest.mark.skipif(not fusedembed.has_extension(), reason="fusedembed._C not built")
-
-LOG2 = math.log(2.0)
 
 
 def make_batch(B, C, device="cpu", dtype=torch.float32, pos_frac=0.05, ignore_frac=0.05, seed=0):
@@ -488,100 +485,6 @@ def test_draws_are_uncorrelated_across_rows_and_classes():
     assert abs(m.mean().item() - 0.5) < 4 * math.sqrt(0.25 / m.numel())
 
 
-# --- the module: counters over a hand-computed sequence ---------------------------------------
-
-# Three classes, four batches of two rows (threshold 0.7). States (P: has a positive, N: none):
-#   step 1: P N P   step 2: P N N   step 3: N N P   step 4: N P P
-HAND_TARGETS = [
-    [[1.0, 0.0, 0.9], [0.0, 0.5, 0.0]],
-    [[0.8, 0.0, 0.0], [0.0, -1.0, 0.3]],
-    [[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]],
-    [[0.0, 0.7, 0.8], [-1.0, 0.0, 0.0]],
-]
-# With zero logits CE = log 2 * (12 y + 1 - y) per non-ignored entry; column sums in units of log 2:
-HAND_COLUMN_CE = [[13.0, 7.5, 11.9], [10.8, 1.0, 5.3], [2.0, 2.0, 13.0], [1.0, 9.7, 10.8]]
-# paper: run lengths (1,1,1) (2,2,1) (1,3,1) (2,1,2) -> weights 0.9^(t-1)
-HAND_PAPER_WEIGHTS = [[1.0, 1.0, 1.0], [0.9, 0.9, 1.0], [1.0, 0.81, 1.0], [0.9, 1.0, 0.9]]
-# code (every empty column selected): w(t) = max(1 - log10(t + 0.01), 0.01), g(n) = 1 - log10(8 + n) or 0.001
-W1, W2, G1 = 1 - math.log10(1.01), 1 - math.log10(2.01), 1 - math.log10(9)
-HAND_CODE_WEIGHTS = [[W1, G1, W1], [W2, 0.001, G1], [G1, 0.001, W1], [0.001, W1, W2]]
-
-
-@pytest.mark.parametrize("mode", ["paper", "code"])
-def test_module_counters_hand_computed(mode):
-    loss_fn = SampledWeightedSigmoidLoss(3, mode, neg_ratio=None, empty_keep=1.0, neg_select=1.0, seed=0)
-    expected_w = HAND_PAPER_WEIGHTS if mode == "paper" else HAND_CODE_WEIGHTS
-    for step, (y, col_ce, w) in enumerate(zip(HAND_TARGETS, HAND_COLUMN_CE, expected_w)):
-        loss = loss_fn(torch.zeros(2, 3), torch.tensor(y))
-        expected = LOG2 * sum(wj * cj for wj, cj in zip(w, col_ce)) / 2
-        assert loss.item() == pytest.approx(expected, rel=1e-5), f"step {step + 1}"
-    if mode == "paper":
-        assert loss_fn.run_length.tolist() == [2, 1, 2]
-        assert loss_fn.last_state.tolist() == [0, 1, 1]
-    else:
-        assert loss_fn.pos_count.tolist() == [0, 1, 2]
-        assert loss_fn.neg_count.tolist() == [2, 0, 0]
-    assert loss_fn.step == 4
-
-
-def test_module_code_mode_counts_only_selected_columns():
-    torch.manual_seed(0)
-    C = 50
-    loss_fn = SampledWeightedSigmoidLoss(C, "code", neg_select=0.3, seed=1234)
-    gen = torch.Generator().manual_seed(1234)  # the module's stream, replayed
-    neg = torch.zeros(C, dtype=torch.int64)
-    for step in range(6):
-        targets = (torch.rand(8, C) < 0.02).float()
-        loss_fn(torch.randn(8, C), targets)
-        seed = int(torch.randint(0, 2**63 - 1, (), generator=gen, dtype=torch.int64))
-        counts = _reference.sampled_sigmoid_loss_counts(targets, 0.7)
-        _, kept = _reference.sampled_sigmoid_keep_mask(targets, counts, 0.7, None, 0.3, seed, step)
-        has_pos = counts[0] > 0
-        neg = torch.where(has_pos, 0, neg + (kept & ~has_pos).long())
-    assert torch.equal(loss_fn.neg_count, neg)
-    assert 0 < neg.sum() < 6 * C  # some columns were selected, not all
-
-
-def test_module_state_dict_resumes_exactly(tmp_path):
-    torch.manual_seed(1)
-    batches = [(torch.randn(16, 30), (torch.rand(16, 30) < 0.05).float()) for _ in range(5)]
-    a = SampledWeightedSigmoidLoss(30, "paper", seed=7)
-    for z, y in batches[:3]:
-        a(z, y)
-    torch.save(a.state_dict(), tmp_path / "loss.pt")
-    b = SampledWeightedSigmoidLoss(30, "paper", seed=999)
-    b.load_state_dict(torch.load(tmp_path / "loss.pt", weights_only=True))
-    assert set(a.state_dict()) == {"run_length", "last_state", "_extra_state"}
-    for z, y in batches[3:]:
-        assert torch.equal(a(z, y), b(z, y))
-    assert torch.equal(a.run_length, b.run_length) and a.step == b.step == 5
-
-
-def test_module_eval_mode_is_frozen_and_deterministic():
-    loss_fn = SampledWeightedSigmoidLoss(10, "paper", seed=3)
-    z, y = torch.randn(8, 10), (torch.rand(8, 10) < 0.2).float()
-    loss_fn(z, y)
-    state = {k: v.clone() for k, v in loss_fn.state_dict().items() if k != "_extra_state"}
-    loss_fn.eval()
-    first, second = loss_fn(z, y), loss_fn(z, y)
-    assert torch.equal(first, second) and loss_fn.step == 1
-    for k, v in state.items():
-        assert torch.equal(loss_fn.state_dict()[k], v)
-
-
-def test_module_gradient_flows_and_bad_config():
-    loss_fn = SampledWeightedSigmoidLoss(6, "code", seed=0)
-    z = torch.randn(4, 6, requires_grad=True)
-    loss_fn(z, (torch.rand(4, 6) < 0.3).float()).backward()
-    assert z.grad is not None and torch.isfinite(z.grad).all()
-    with pytest.raises(ValueError, match="mode must be 'paper' or 'code', got 'tf'"):
-        SampledWeightedSigmoidLoss(6, "tf")
-    with pytest.raises(ValueError, match=re.escape("logits must be (B, 6), got (4, 5)")):
-        loss_fn(torch.zeros(4, 5), torch.zeros(4, 5))
-    with pytest.raises(ValueError, match="neg_select must be a probability in"):
-        SampledWeightedSigmoidLoss(6, "code", neg_select=2.0)
-
-
 # --- CUDA == CPU ----------------------------------------------------------------------------
 
 @pytest.mark.cuda
@@ -627,52 +530,3 @@ def test_cuda_invalid_targets_give_nan():
     assert torch.isnan(loss[3, 5]) and torch.isnan(z.grad[3, 5])
     bad = torch.isnan(loss)
     assert bad.sum() == 1
-
-
-@pytest.mark.cuda
-def test_cuda_module_matches_cpu_module():
-    cpu_fn = SampledWeightedSigmoidLoss(300, "paper", seed=11)
-    gpu_fn = SampledWeightedSigmoidLoss(300, "paper", seed=11).cuda()
-    for step in range(3):
-        z, y = make_batch(64, 300, "cpu", pos_frac=0.02, seed=step)
-        torch.testing.assert_close(gpu_fn(z.cuda(), y.cuda()).cpu(), cpu_fn(z, y), rtol=1e-4, atol=1e-5)
-    assert torch.equal(gpu_fn.run_length.cpu(), cpu_fn.run_length)
-
-
-# --- the module under torch.distributed (gloo, two processes) ----------------------------------
-
-def _ddp_batches(steps=3, B=6, C=40):
-    g = torch.Generator().manual_seed(42)
-    return [(torch.randn(2 * B, C, generator=g), (torch.rand(2 * B, C, generator=g) < 0.04).float())
-            for _ in range(steps)]
-
-
-def _ddp_worker(rank, world, init_file, out_dir):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        # Different seeds on purpose: the module must take rank 0's stream.
-        loss_fn = SampledWeightedSigmoidLoss(40, "paper", neg_ratio=1.0, empty_keep=0.5, seed=100 + rank)
-        losses = []
-        for z, y in _ddp_batches():
-            B = z.shape[0] // world
-            losses.append(loss_fn(z[rank * B:(rank + 1) * B], y[rank * B:(rank + 1) * B]))
-        torch.save({"losses": torch.stack(losses), "run_length": loss_fn.run_length,
-                    "last_state": loss_fn.last_state}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
-def test_module_distributed_equals_one_process(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    single = SampledWeightedSigmoidLoss(40, "paper", neg_ratio=1.0, empty_keep=0.5, seed=100)
-    expected = torch.stack([single(z, y) for z, y in _ddp_batches()])
-    # Each rank's mean over its half; their average is the mean over the whole batch.
-    torch.testing.assert_close((ranks[0]["losses"] + ranks[1]["losses"]) / 2, expected)
-    for r in ranks:
-        assert torch.equal(r["run_length"], single.run_length) and torch.equal(r["last_state"], single.last_state)

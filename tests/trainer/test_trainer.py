@@ -154,6 +154,20 @@ def test_param_groups_weight_decay_and_loss_optimizer(make_recipe):
     assert group["lr"] == pytest.approx(1.0) and group["weight_decay"] == 0.0
 
 
+def test_weight_decay_multipliers_by_parameter_name(make_recipe):
+    recipe = make_recipe(trainer={"optimizer": {"name": "sgd", "weight_decay": 1e-4, "decay_norm_bias": True,
+                                                "no_weight_decay": ["proj.*"],
+                                                "weight_decay_mult": {"backbone.features.1.*": 0.1, "proj.*": 5}}})
+    model = registry_build("model", recipe.model)
+    opts = build_optimizers(model, nn.ModuleList(), recipe.trainer)
+    decay = {id(p): g["weight_decay"] for g in opts["model"].param_groups for p in g["params"]}
+    bn = model.backbone.features[1]
+    assert decay[id(bn.weight)] == decay[id(bn.bias)] == pytest.approx(1e-5)        # 0.1 x 1e-4
+    assert decay[id(model.backbone.features[0].weight)] == 1e-4
+    assert decay[id(model.classifier.bias)] == 1e-4                                  # decay_norm_bias
+    assert decay[id(model.proj.weight)] == 0.0                                      # no_weight_decay wins
+
+
 def test_schedules_and_warmups():
     from fusedembed.recipe import SchedulerConfig as S
     assert lr_factor(S(name="step", step_size=2, gamma=0.5), 4.5, 10, 0.1) == 0.25
@@ -303,11 +317,3 @@ def test_ddp_two_gloo_processes_match_one_process(make_recipe, dump_recipe, tmp_
     assert diff == 0.0                                     # ranks identical after training
     ddp_loss = [r["loss"] for r in rows(tmp_path / "ddp")]
     assert ddp_loss == pytest.approx([r["loss"] for r in rows(tmp_path / "single")], abs=1e-5)
-
-
-def test_demo_recipe_is_valid_against_the_registries():
-    from fusedembed import demo
-    from fusedembed.config import to_dict
-    r = demo.recipe(epochs=2, train_images=640, device="cpu")
-    assert validate(to_dict(r), check=True) == r
-    assert (r.trainer.epochs, r.data.train["num_images"], r.trainer.log_every) == (2, 640, 10)
