@@ -5,6 +5,19 @@ import fusedembed
 
 from . import data
 from .loss import SampledWeightedSigmoidLoss
+from .model import MLImagesClassifier
+from .resnet import preact_resnet101
+
+
+@fusedembed.hookimpl
+def fusedembed_register_backbones(register):
+    register("preact_resnet101", preact_resnet101)
+
+
+@fusedembed.hookimpl
+def fusedembed_register_models(register):
+    register("classifier", MLImagesClassifier, description="ML-Images classifier: image backbone + one FC layer "
+             "(features, embedding, logits)")
 
 
 @fusedembed.hookimpl
