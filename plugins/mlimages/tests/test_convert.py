@@ -115,8 +115,8 @@ def test_a_tensorflow_checkpoint_converts_to_the_same_network(tmp_path, registri
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         ours = model({"image": x})["logits"].numpy()
-    theirs = _tf_forward(tf, {k: tf.constant(a) for k, a in variables.items()}, tf.constant(x.permute(0, 2, 3, 1).numpy()),
-                         BLOCKS)
+    nhwc = tf.constant(x.permute(0, 2, 3, 1).numpy())
+    theirs = _tf_forward(tf, {k: tf.constant(a) for k, a in variables.items()}, nhwc, BLOCKS)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
     # the trunk alone (a new head: the transfer) loads from the same file
     trunk = registries.build("backbone", {"name": "preact_resnet101", "blocks": BLOCKS, "width": WIDTH,

@@ -129,7 +129,8 @@ def test_eval_is_the_central_80_percent_of_each_side():
     assert e.box(100, 200) == (10, 20, 80, 160) and e.box(224, 224) == (22, 22, 180, 180)
     out = e(ramp(100, 200))
     assert out.shape == (3, 16, 16)
-    assert out[0, :, 0].mean().item() == pytest.approx(2 * (20 + 4.5) / 199 - 1, abs=0.01)        # pixel centres, 10x down
+    # pixel centres, 10x down: output column 0 samples input column 20 + 4.5
+    assert out[0, :, 0].mean().item() == pytest.approx(2 * (20 + 4.5) / 199 - 1, abs=0.01)
     assert EvalTransform("resize", 16).box(100, 200) == (0, 0, 100, 200)
     u8 = (ramp(100, 200) * 255).to(torch.uint8)                               # decoded images are uint8
     torch.testing.assert_close(e(u8), out, atol=0.01, rtol=0)

@@ -12,7 +12,6 @@ alone (the transfer: a new head).
 
 from typing import Optional
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
