@@ -60,11 +60,13 @@ def _usable(path, log: SkipLog, listed_in, where, verify: bool) -> bool:
 
 
 class ImageList(SkipsUnreadable, Dataset):
-    """Images of a list file with their targets; ``targets[i]`` is (class indices, confidences)
-    for multi-label lists, an int for single-label ones."""
+    """Images of a list file with their targets, kept flat (one tensor for all, not one per
+    image: the ML-Images train list has 17.6M lines). Multi-label: ``targets`` is
+    ``(offsets (N+1,), classes, confidences)``; single-label: a (N,) int64 tensor."""
 
-    def __init__(self, paths, targets, sources, num_classes, transform, log, multilabel: bool, classes=None):
-        self.paths, self.targets, self._sources = paths, targets, sources
+    def __init__(self, paths, targets, lines, list_file, num_classes, transform, log, multilabel: bool,
+                 classes=None):
+        self.paths, self.targets, self._lines, self._list_file = paths, targets, lines, list_file
         self.num_classes, self.transform, self.multilabel, self.classes = num_classes, transform, multilabel, classes
         self._init_skips(log)
 
@@ -72,36 +74,35 @@ class ImageList(SkipsUnreadable, Dataset):
         return len(self.paths)
 
     def labels(self, i: int) -> torch.Tensor:
-        idx, conf = self.targets[i]
+        offsets, idx, conf = self.targets
+        a, b = int(offsets[i]), int(offsets[i + 1])
         y = torch.zeros(self.num_classes, dtype=torch.float32)
-        y[idx] = conf
+        y[idx[a:b].long()] = conf[a:b]
         return y
 
     def label_counts(self, threshold: float = 0.5) -> torch.Tensor:
-        counts = torch.zeros(self.num_classes, dtype=torch.int64)
-        for t in self.targets:
-            if self.multilabel:
-                counts[t[0][t[1] >= threshold]] += 1
-            else:
-                counts[t] += 1
-        return counts
+        """(C,) images per class (a multi-label entry counts at confidence >= ``threshold``)."""
+        if self.multilabel:
+            _, idx, conf = self.targets
+            return torch.bincount(idx[conf >= threshold].long(), minlength=self.num_classes)
+        return torch.bincount(self.targets, minlength=self.num_classes)
 
     def __getitem__(self, i: int) -> dict:
         return self._read_item(i, self._item)
 
     def _item(self, i: int) -> dict:
-        image = read_image(self.paths[i], *self._sources[i])
+        image = read_image(self.paths[i], self._list_file, f"line {int(self._lines[i])}")
         if self.transform is not None:
             image = self.transform(image)
-        target = {"labels": self.labels(i)} if self.multilabel else {"label": self.targets[i]}
+        target = {"labels": self.labels(i)} if self.multilabel else {"label": int(self.targets[i])}
         return {"image": image, **target, "instance": i, "path": self.paths[i]}
 
 
-def _finish(list_file, log, paths, **kwargs) -> ImageList:
+def _finish(list_file, log, paths, lines, **kwargs) -> ImageList:
     if not paths:
         raise DataError(list_file, None, "no usable images" + (f"; {log.summary()}" if log.total else ""))
     log.warn_if_any(str(list_file))
-    return ImageList(paths, log=log, **kwargs)
+    return ImageList(paths, lines=torch.tensor(lines, dtype=torch.int64), list_file=list_file, log=log, **kwargs)
 
 
 def mlimages(split: str, list_file: str, image_root: str, dictionary: Optional[str] = None,
@@ -130,7 +131,7 @@ def mlimages(split: str, list_file: str, image_root: str, dictionary: Optional[s
     if add_ancestors and classes is None:
         raise ValueError("mlimages: add_ancestors needs the class dictionary")
     log = SkipLog(skip_bad)
-    paths, targets, sources = [], [], []
+    paths, lines, offsets, flat_idx, flat_conf = [], [], [0], [], []
     for image, labels, n in read_label_list(list_file, num_classes, log):
         path = os.path.join(image_root, image)
         if not _usable(path, log, list_file, f"line {n}", verify_images):
@@ -139,9 +140,13 @@ def mlimages(split: str, list_file: str, image_root: str, dictionary: Optional[s
             labels = with_ancestors(labels, classes)
         idx = sorted(labels)
         paths.append(path)
-        targets.append((torch.tensor(idx, dtype=torch.long), torch.tensor([labels[c] for c in idx])))
-        sources.append((list_file, f"line {n}"))
-    return _finish(list_file, log, paths, targets=targets, sources=sources, num_classes=num_classes,
+        lines.append(n)
+        flat_idx.extend(idx)
+        flat_conf.extend(labels[c] for c in idx)
+        offsets.append(len(flat_idx))
+    targets = (torch.tensor(offsets, dtype=torch.int64), torch.tensor(flat_idx, dtype=torch.int32),
+               torch.tensor(flat_conf, dtype=torch.float32))
+    return _finish(list_file, log, paths, lines, targets=targets, num_classes=num_classes,
                    transform=make_transform(split, train_transform, eval_transform, image_size), multilabel=True,
                    classes=classes)
 
@@ -155,7 +160,7 @@ def labelled_list(split: str, list_file: str, image_root: str, num_classes: int,
     if not os.path.isfile(list_file):
         raise DataError(list_file, None, "file not found")
     log = SkipLog(skip_bad)
-    paths, targets, sources = [], [], []
+    paths, targets, lines = [], [], []
     for n, line in text_lines(list_file):
         fields = line.split()
         if not fields:
@@ -170,9 +175,10 @@ def labelled_list(split: str, list_file: str, image_root: str, num_classes: int,
             continue
         paths.append(path)
         targets.append(int(fields[1]))
-        sources.append((list_file, where))
-    return _finish(list_file, log, paths, targets=targets, sources=sources, num_classes=num_classes,
-                   transform=make_transform(split, train_transform, eval_transform, image_size), multilabel=False)
+        lines.append(n)
+    return _finish(list_file, log, paths, lines, targets=torch.tensor(targets, dtype=torch.int64),
+                   num_classes=num_classes, transform=make_transform(split, train_transform, eval_transform,
+                                                                    image_size), multilabel=False)
 
 
 class ScenesMultiLabel(Dataset):
