@@ -117,6 +117,8 @@ def check_model(gallery: EmbeddingFile, model_path: str) -> None:
     from .embed import model_stamp
 
     made_by = gallery.meta.get("model")
+    if not Path(model_path).exists():      # loading it reports that
+        return
     if Path(model_path).resolve() != Path(made_by or "").resolve():
         warnings.warn(f"{gallery.path} was made by {made_by}; queries are embedded by {model_path}: the "
                       f"scores are meaningful only if both embed into one space", RuntimeWarning, stacklevel=2)
