@@ -249,3 +249,54 @@ def test_serve_embeds_and_searches_over_http(server, folder):
 def test_serve_answers_bad_requests_with_json_errors(server, body, raw, status, message):
     got, answer = post(f"{server}/search", body, raw)
     assert got == status and message in answer["error"]
+
+
+class Noise(torch.utils.data.Dataset):
+    """A registered dataset with its own defaults (images only, no file_transform)."""
+
+    def __init__(self, split: str, size: int = 5):
+        self.split, self.size = split, size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, i):
+        return {"image": torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(i)), "index": i}
+
+
+def test_embed_a_registered_dataset_split_and_show_it(trained, tmp_path):
+    from torchvision.io import encode_png
+
+    from fusedembed.inference import load_embedder, torchvision_io
+    from fusedembed.plugins import PluginManager
+
+    regs = PluginManager(env={}).registries
+    regs["dataset"].add("noise", Noise, plugin="t")
+    with regs.active():
+        code, text = run("embed", trained[0] / "last.pt", "t/noise:test", "--out", tmp_path / "n.npy", "--no-progress")
+        assert code == 0 and "embedded 5 images" in text
+        f = EmbeddingFile(tmp_path / "n.npy")
+        assert f.ids == [f"t/noise:test:{i}" for i in range(5)]
+        assert f.meta["source"]["config"] == {"name": "t/noise"} and f.meta["source"]["split"] == "test"
+        with torchvision_io():
+            query = encode_png(Noise("test")[2]["image"].mul(255).round().to(torch.uint8))
+        (tmp_path / "q.png").write_bytes(query.numpy().tobytes())
+        code, text = run("search", tmp_path / "n.npy", tmp_path / "q.png", "-k", 2, "--html", tmp_path / "p.html")
+        assert code == 0 and text.splitlines()[1].split()[2] == "t/noise:test:2"
+        # Thumbnails of a dataset's items come from the dataset again.
+        assert (tmp_path / "p.html").read_text().count('src="data:image/png;base64,') == 3
+
+    expected = load_embedder(trained[0] / "last.pt", device="cpu").embed_batch(
+        {"image": torch.stack([Noise("test")[i]["image"] for i in range(5)])}, "image")[1]
+    torch.testing.assert_close(f[:], expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.cuda
+def test_embed_on_the_gpu_matches_the_cpu_within_bf16(registries, trained, folder, tmp_path):
+    run_dir = trained[0]
+    for device in ("cpu", "cuda"):
+        assert run("embed", run_dir / "last.pt", folder, "--out", tmp_path / f"{device}.npy", "--device", device,
+                   "--no-progress")[0] == 0
+    cpu, gpu = EmbeddingFile(tmp_path / "cpu.npy"), EmbeddingFile(tmp_path / "cuda.npy")
+    assert cpu.ids == gpu.ids
+    torch.testing.assert_close(gpu[:], cpu[:], atol=2e-2, rtol=0)        # bf16 autocast on the GPU
