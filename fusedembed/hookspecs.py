@@ -90,7 +90,8 @@ def fusedembed_register_datasets(register):
     ``tokens`` would hold for a new sentence (caption datasets have it, from their vocabulary),
     and ``file_transform``: the callable an image decoded from a file (float ``(3, H, W)`` in
     [0, 1]) goes through to look like its items' images (resize, normalisation; None: as it
-    is). Without ``file_transform``, image files are resized to the size of its first image.
+    is). Without it, its ``transform`` is used (the convention of datasets that read image
+    files), else image files are resized to the size of its first image.
     """
 
 

@@ -10,7 +10,8 @@ What a new input goes through comes from the recipe, never from a paper's rule:
 
 * images: decoded from the file with torchvision.io (RGB, float in [0, 1]), then the
   reference dataset's ``file_transform`` (resize, normalisation: what its own images went
-  through); a dataset without one: resized to the size of its first image;
+  through), else its ``transform`` (what a dataset reading image files applies to them), else
+  a resize to the size of its first image;
 * sentences: the model's ``tokenize(texts) -> batch`` when it has one; else the reference
   dataset's ``tokenize(text) -> ids`` and its collate.
 
@@ -133,22 +134,25 @@ class Embedder:
         if self._image_transform is None:
             ref = self.reference()
             transform = getattr(ref, "file_transform", _MISSING)
-            if transform is _MISSING:
-                from .data.image_io import ResizeThen
-
-                item = ref.with_view("image")[0] if hasattr(ref, "with_view") else ref[0]
-                if "image" not in item:
-                    raise ModelError(f"{self.source}: the recipe's dataset {type(ref).__name__} has no images")
-                h, w = item["image"].shape[-2:]
-                if h != w:
-                    raise ModelError(f"{type(ref).__name__} has no file_transform and {h}x{w} images: "
-                                     f"it must define file_transform for images to be embedded from files")
-                warnings.warn(f"{type(ref).__name__} has no file_transform: image files are resized to "
-                              f"{h}x{w} (the size of its first image) with no other preprocessing",
-                              RuntimeWarning, stacklevel=2)
-                transform = ResizeThen(h)
+            if transform is _MISSING:       # a dataset reading image files applies `transform` to them
+                transform = getattr(ref, "transform", None) or self._resize_like(ref)
             self._image_transform = transform if transform is not None else _identity
         return self._image_transform
+
+    def _resize_like(self, ref):
+        from .data.image_io import ResizeThen
+
+        item = ref.with_view("image")[0] if hasattr(ref, "with_view") else ref[0]
+        if "image" not in item:
+            raise ModelError(f"{self.source}: the recipe's dataset {type(ref).__name__} has no images")
+        h, w = item["image"].shape[-2:]
+        if h != w:
+            raise ModelError(f"{type(ref).__name__} has neither file_transform nor transform, and {h}x{w} images: "
+                             f"it must define file_transform for images to be embedded from files")
+        warnings.warn(f"{type(ref).__name__} has neither file_transform nor transform: image files are resized "
+                      f"to {h}x{w} (the size of its first image) with no other preprocessing",
+                      RuntimeWarning, stacklevel=3)
+        return ResizeThen(h)
 
     # -- batches -----------------------------------------------------------------------
     def text_batch(self, texts: Sequence[str]) -> dict:

@@ -118,12 +118,6 @@ class CaptionDataset(Dataset):
         model can embed sentences it never saw: ``fusedembed embed`` / ``search``)."""
         return torch.tensor(self.vocab.encode(split_words(text)), dtype=torch.long)
 
-    @property
-    def file_transform(self):
-        """What an image read from a file goes through to look like this dataset's images:
-        ``transform`` (None: nothing), since subclasses read their images from files."""
-        return self.transform
-
     def captions_of(self, i: int) -> range:
         """Global ids of image i's captions."""
         return range(int(self._first_caption[i]), int(self._first_caption[i + 1]))

@@ -107,11 +107,6 @@ class MultiLabelImages(SkipsUnreadable, Dataset):
     def __len__(self):
         return len(self.paths)
 
-    @property
-    def file_transform(self):
-        """What an image file goes through to look like this dataset's images: ``transform``."""
-        return self.transform
-
     def labels(self, i: int) -> torch.Tensor:
         idx, conf = self._targets[i]
         y = torch.zeros(self.num_classes, dtype=torch.float32)

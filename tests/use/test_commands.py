@@ -300,3 +300,22 @@ def test_embed_on_the_gpu_matches_the_cpu_within_bf16(registries, trained, folde
     cpu, gpu = EmbeddingFile(tmp_path / "cpu.npy"), EmbeddingFile(tmp_path / "cuda.npy")
     assert cpu.ids == gpu.ids
     torch.testing.assert_close(gpu[:], cpu[:], atol=2e-2, rtol=0)        # bf16 autocast on the GPU
+
+
+def test_image_files_are_prepared_as_the_recipes_dataset_prepares_its_images(trained):
+    from fusedembed.inference import load_embedder
+
+    embedder = load_embedder(trained[0] / "last.pt", device="cpu")
+    big = torch.rand(3, 40, 40)
+    assert embedder.image_transform(big).shape == (3, SIZE, SIZE)       # scenes: file_transform resizes
+
+    class Normalising(Noise):                # a dataset reading files applies its transform to them
+        def transform(self, image):
+            return image * 2 - 1
+
+    embedder._reference, embedder._image_transform = Normalising("test"), None
+    torch.testing.assert_close(embedder.image_transform(big), big * 2 - 1)
+    embedder._reference, embedder._image_transform = Noise("test"), None
+    with pytest.warns(RuntimeWarning, match="Noise has neither file_transform nor transform: image files are resized "
+                                            "to 16x16"):
+        assert embedder.image_transform(big).shape == (3, SIZE, SIZE)
