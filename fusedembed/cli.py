@@ -1,4 +1,5 @@
-"""The ``fusedembed`` command. Exit codes: 0 ok, 1 failure (bad recipe, broken plugin,
+"""The ``fusedembed`` command (train, eval, export; embed, search, serve; plugins, list, recipe,
+demo). Exit codes: 0 ok, 1 failure (bad recipe, broken plugin,
 nothing matched), 2 usage (unknown command, option or kind)."""
 
 import argparse
@@ -134,6 +135,128 @@ def cmd_export(args, out) -> int:
     return OK
 
 
+def _workers() -> int:
+    import os
+
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
+def cmd_embed(args, out) -> int:
+    from .data import DataError
+    from .embed import InputError, embed, make_inputs, summary
+    from .embedfile import EmbeddingFileError
+    from .inference import ModelError, load_embedder
+
+    try:
+        embedder = load_embedder(args.model, device=args.device, amp=not args.no_amp)
+        inputs = make_inputs(args.input, embedder, args.modality)
+        result = embed(embedder, inputs, args.out, batch_size=args.batch_size, workers=args.workers,
+                       dtype=args.dtype, progress=None if not args.no_progress else False)
+    except (ModelError, InputError, EmbeddingFileError, DataError, ValueError) as err:
+        print(f"fusedembed embed: error: {err}", file=sys.stderr)
+        return FAILURE
+    except KeyboardInterrupt:
+        print("fusedembed embed: interrupted; what was embedded is kept: rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    out.write(summary(result) + "\n")
+    return OK if result.total else FAILURE
+
+
+def cmd_search(args, out) -> int:
+    from .data import DataError
+    from .embedfile import EmbeddingFile, EmbeddingFileError
+    from .index import build_index
+    from .inference import ModelError, load_embedder
+    from .search import QueryError, check_model, format_hits, parse_queries, search, write_html
+
+    try:
+        gallery = EmbeddingFile(args.index)
+        queries = parse_queries(args.query)
+        model = args.model or gallery.meta.get("model")
+        check_model(gallery, model)
+        embedder = load_embedder(model, device=args.device)
+        index = build_index(gallery, args.index_kind, device=embedder.device, resident=False) \
+            if args.index_kind == "exact" else build_index(gallery, args.index_kind)
+        hits = search(gallery, embedder, queries, args.k, index)
+    except (ModelError, QueryError, EmbeddingFileError, DataError, ImportError, ValueError) as err:
+        print(f"fusedembed search: error: {err}", file=sys.stderr)
+        return FAILURE
+    out.write(format_hits(queries, hits))
+    if args.html:
+        out.write(f"wrote {write_html(args.html, gallery, queries, hits)}\n")
+    return OK
+
+
+def cmd_serve(args, out) -> int:
+    from .embedfile import EmbeddingFileError
+    from .inference import ModelError
+
+    try:
+        from .serve import run
+    except ImportError as err:
+        print(f"fusedembed serve: error: {err}", file=sys.stderr)
+        return FAILURE
+    try:
+        run(args.model, args.index, host=args.host, port=args.port, device=args.device,
+            index_kind=args.index_kind, max_request_bytes=args.max_request_bytes, out=out)
+    except (ModelError, EmbeddingFileError, ImportError, ValueError, OSError) as err:
+        print(f"fusedembed serve: error: {err}", file=sys.stderr)
+        return FAILURE
+    return OK
+
+
+def _use_commands(sub) -> None:
+    """embed, search, serve: using a trained model."""
+    em = sub.add_parser(
+        "embed", help="embed images, sentences or a dataset split with a trained model",
+        description="Embed INPUT with MODEL into OUT (.safetensors or .npy). MODEL: a checkpoint (runs/x/best.pt) "
+        "or an exported folder. INPUT: a folder of images (recursive; jpg, jpeg, png, gif, webp), a text file "
+        "(one sentence per line) or NAME:SPLIT (a registered dataset, e.g. scenes:test; recipe:test for the "
+        "model's recipe's data.test). Rerunning resumes: ids OUT already holds are skipped. Images that "
+        "cannot be decoded are skipped and listed in OUT.skipped.txt.")
+    em.add_argument("model", metavar="MODEL")
+    em.add_argument("input", metavar="INPUT")
+    em.add_argument("--out", required=True, metavar="FILE", help="FILE.safetensors or FILE.npy (+ FILE.npy.json)")
+    em.add_argument("--modality", choices=("image", "text"), help="of a caption dataset split (default: image)")
+    em.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    em.add_argument("--batch-size", type=int, default=64)
+    em.add_argument("--workers", type=int, default=_workers(), help="image decoding processes (default: %(default)s)")
+    em.add_argument("--device", default=None, help="auto (default: the GPU when there is one), cpu, cuda:N")
+    em.add_argument("--no-amp", action="store_true", help="no bf16 autocast on the GPU")
+    em.add_argument("--no-progress", action="store_true")
+    em.set_defaults(func=cmd_embed)
+
+    se = sub.add_parser(
+        "search", help="the nearest gallery items of a sentence or an image",
+        description="Search the embedding file INDEX (from fusedembed embed) with QUERY: a sentence, an image "
+        "file, or a text file of sentences / image paths (one per line). Prints rank, score and id of the top "
+        "K. Text queries on an image gallery are cross-modal (dual-path, alignment models).")
+    se.add_argument("index", metavar="INDEX")
+    se.add_argument("query", metavar="QUERY")
+    se.add_argument("-k", type=int, default=10, help="results per query (default: %(default)s)")
+    se.add_argument("--html", metavar="FILE", help="also write a page with thumbnails of the results")
+    se.add_argument("--model", help="embed the queries with this model (default: the one that made INDEX)")
+    se.add_argument("--index-kind", choices=("exact", "flat", "ivfpq"), default="exact",
+                    help="exact: blocked matmul (default); flat, ivfpq: FAISS (fusedembed[faiss])")
+    se.add_argument("--device", default=None)
+    se.set_defaults(func=cmd_search)
+
+    sv = sub.add_parser(
+        "serve", help="an HTTP endpoint: POST /embed and /search",
+        description="Serve MODEL and the embedding file INDEX over HTTP (FastAPI + uvicorn: fusedembed[serve]). "
+        "POST /embed {\"texts\": [...]} or {\"images\": [base64, ...]}; POST /search {\"text\": ...} or "
+        "{\"image\": base64, \"k\": 10}; GET /health. Errors are JSON {\"error\": ...}.")
+    sv.add_argument("model", metavar="MODEL")
+    sv.add_argument("index", metavar="INDEX")
+    sv.add_argument("--host", default="127.0.0.1", help="default: %(default)s (this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--index-kind", choices=("exact", "flat", "ivfpq"), default="exact")
+    sv.add_argument("--max-request-bytes", type=int, default=8 << 20, help="default: 8 MiB")
+    sv.add_argument("--device", default=None)
+    sv.set_defaults(func=cmd_serve)
+
+
 def _kind(text: str) -> str:
     try:
         return kind_of(text).name
@@ -209,6 +332,7 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("checkpoint", metavar="CHECKPOINT")
     ex.add_argument("--out", required=True, metavar="DIR")
     ex.set_defaults(func=cmd_export)
+    _use_commands(sub)
     return p
 
 

@@ -45,6 +45,11 @@ def fusedembed_register_backbones(register):
     ``forward`` takes one tensor of its modality, images ``(B, 3, H, W)`` float or token ids
     ``(B, L)`` long, and returns features ``(B, out_dim)``. Pretrained weights come only from a
     local file named in the config (conventionally ``pretrained_path``); factories never download.
+
+    A library of models too large to list registers a family: a name with ``*`` and a resolver,
+    ``register("*", resolve)``; ``resolve(bare_name)`` returns the factory of that name, or
+    None, or raises ``LookupError(why)`` (see :mod:`fusedembed.registry`). The core's plugin
+    ``timm`` makes every timm model a backbone this way (``timm/convnext_tiny``).
     """
 
 
@@ -80,6 +85,14 @@ def fusedembed_register_datasets(register):
 
     A dataset whose items need more than ``default_collate`` (text of varying length) exposes
     ``collate(items) -> batch``; it pads ``tokens`` and adds ``lengths``.
+
+    So that a model trained on it can embed new input (``fusedembed embed`` / ``search`` /
+    ``serve``), a dataset may expose ``tokenize(text) -> LongTensor (T,)``: the ids its items'
+    ``tokens`` would hold for a new sentence (caption datasets have it, from their vocabulary),
+    and ``file_transform``: the callable an image decoded from a file (float ``(3, H, W)`` in
+    [0, 1]) goes through to look like its items' images (resize, normalisation; None: as it
+    is). Without it, its ``transform`` is used (the convention of datasets that read image
+    files), else image files are resized to the size of its first image.
     """
 
 
@@ -114,6 +127,11 @@ def fusedembed_register_models(register):
     that losses and evaluators consume. Sub-components arrive as config dicts
     (``{"name": "resnet50", ...}``); build them with ``fusedembed.build("backbone", cfg)`` and
     annotate the argument ``fusedembed.spec("backbone")`` so recipes are checked down into it.
+
+    A model whose text input needs its own tokenizer (not its recipe's dataset's
+    ``tokenize``) defines ``tokenize(texts: list[str]) -> dict``, the batch fields its
+    ``forward`` reads for those sentences (``tokens``, ``lengths``, ...); ``fusedembed embed``,
+    ``search`` and ``serve`` then use it.
     """
 
 

@@ -1,9 +1,10 @@
 """Finds, loads and isolates plugins; collects what they register into typed registries; the
 registries code builds with (``current_registries``, ``build``).
 
-Plugins come from the entry-point group ``fusedembed``. The built-in plugin is one of them: it
-is loaded from its entry point ``builtin = "fusedembed.builtin"``, and from an identical entry
-point made here when fusedembed runs from a source tree whose metadata lacks it. Each plugin is
+Plugins come from the entry-point group ``fusedembed``. The core's own plugins are among them:
+``builtin = "fusedembed.builtin"`` and ``timm = "fusedembed.timm_backbones"`` (the family
+``timm/*``), loaded from their entry points, and from identical entry points made here when
+fusedembed runs from a source tree whose metadata lacks them. Each plugin is
 imported, registered with pluggy and asked for its registrations on its own, so one that raises
 is recorded (name and error) and skipped while the others load.
 
@@ -26,6 +27,7 @@ from .registry import KINDS, Registries, Registry, RegistryError, active_registr
 
 GROUP = "fusedembed"
 BUILTIN = metadata.EntryPoint("builtin", "fusedembed.builtin", GROUP)
+CORE = (BUILTIN, metadata.EntryPoint("timm", "fusedembed.timm_backbones", GROUP))
 DISABLE_ENV = "FUSEDEMBED_DISABLE_PLUGINS"
 ONLY_ENV = "FUSEDEMBED_PLUGINS_ONLY"
 HOOKS = {kind.hook: kind for kind in KINDS.values()}
@@ -61,15 +63,15 @@ def _dist_of(ep) -> tuple:
 
 
 def discover() -> List[metadata.EntryPoint]:
-    """The group's entry points: built-in first, then by name (and target). An entry point
-    listed twice (one distribution seen on two sys.path entries) counts once."""
+    """The group's entry points: built-in first, then by name (and target), the core's
+    added where the metadata lacks them. An entry point listed twice (one distribution seen on
+    two sys.path entries) counts once."""
     found, seen = [], set()
     for ep in metadata.entry_points(group=GROUP):
         if (ep.name, ep.value) not in seen:
             seen.add((ep.name, ep.value))
             found.append(ep)
-    if not any(ep.name == BUILTIN.name for ep in found):
-        found.append(BUILTIN)
+    found += [core for core in CORE if not any(ep.name == core.name for ep in found)]
     return sorted(found, key=lambda ep: (ep.name != BUILTIN.name, ep.name, ep.value))
 
 
@@ -97,7 +99,7 @@ class PluginManager:
                                       f"{did_you_mean(name, known)}")
         for ep in eps:
             dist, version = _dist_of(ep)
-            if ep.value == BUILTIN.value and dist is None:
+            if dist is None and any(ep.value == core.value for core in CORE):
                 dist, version = "fusedembed", __version__
             info = PluginInfo(ep.name, ep.value, dist, version)
             if ep.name in self.plugins:

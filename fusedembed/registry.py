@@ -10,6 +10,14 @@ are checked against the factory's signature before it is called, so a typo in a 
 reported as the key, the nearest accepted one and the full accepted list, not as a
 ``TypeError`` from deep inside a constructor.
 
+Families: a name with a ``*`` (``register("*", resolve)`` in plugin ``timm``) registers a
+resolver for every full name ``<plugin>/<bare>`` whose bare part matches the pattern, for a
+library of models too large (or too dynamic) to list. ``resolve(bare)`` returns the factory
+for that name, or None when it has none, or raises ``LookupError(why)`` (e.g. the library is
+not installed); it is called on the first lookup of each name only. Families resolve full
+names only (``timm/convnext_tiny``, never a bare ``convnext_tiny``), and are listed once,
+under their pattern (``timm/*``).
+
 Code that builds uses the registries made active with ``with regs.active():`` (see
 :func:`fusedembed.plugins.current_registries`); a factory building sub-components calls
 ``fusedembed.build`` and gets the registries that are building it.
@@ -29,6 +37,7 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")   # a bare name; the full one adds "<plugin>/"
+FAMILY_RE = re.compile(r"^[A-Za-z0-9_.*-]*\*[A-Za-z0-9_.*-]*$")   # a family's pattern: a name with "*"
 
 
 class RegistryError(Exception):
@@ -135,6 +144,7 @@ class Entry:
     description: str = ""
     accepted: Optional[Tuple[str, ...]] = None
     required: Tuple[str, ...] = ()
+    family: bool = False             # target is a resolver of the names matching ``short``
 
     @property
     def short(self) -> str:
@@ -172,27 +182,37 @@ class Registry:
         self._group = group
         self._entries: Dict[str, Entry] = {}          # full name -> entry
         self._bare: Dict[str, List[str]] = {}         # bare name -> full names
+        self._families: Dict[str, Entry] = {}         # "<plugin>/<pattern>" -> resolver entry
+        self._resolved: Dict[str, Entry] = {}         # full name -> entry a family resolved
 
     def __repr__(self):
         return f"<Registry {self.kind.plural}: {len(self)} entries>"
 
     def __contains__(self, name) -> bool:
-        return name in self._entries or len(self._bare.get(name, ())) == 1
+        if name in self._entries or len(self._bare.get(name, ())) == 1:
+            return True
+        try:
+            return self._from_family(name) is not None
+        except RegistryError:
+            return False
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._families)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._entries))
+        return iter(self.list())
 
     def add(self, name, target, *, plugin: str, description: str = "") -> Entry:
         return self.insert(self.make_entry(name, target, plugin=plugin, description=description))
 
     def insert(self, entry: Entry) -> Entry:
-        first = self._entries.get(entry.name)
+        first = (self._families if entry.family else self._entries).get(entry.name)
         if first is not None:
             raise DuplicateNameError(f"{self.kind.name} {entry.name!r} is registered twice: "
                                      f"by {first} and by {entry}")
+        if entry.family:
+            self._families[entry.name] = entry
+            return entry
         self._entries[entry.name] = entry
         self._bare.setdefault(entry.short, []).append(entry.name)
         return entry
@@ -203,14 +223,21 @@ class Registry:
                                 f"'_', '-' and '.' (the registry adds '<plugin>/'), got {name!r}")
 
     def make_entry(self, name, target, *, plugin: str, description: str = "") -> Entry:
-        """Validates one registration (name, factory type and signature) without storing it."""
-        self._check_name(name)
-        what = f"{self.kind.name} {name!r}"
+        """Validates one registration (name, factory type and signature) without storing it;
+        a name with ``*`` is a family (``target`` is then its resolver)."""
+        family = isinstance(name, str) and "*" in name and FAMILY_RE.match(name) is not None
+        if not family:
+            self._check_name(name)
+        what = f"{self.kind.name} {'family ' if family else ''}{name!r}"
         if not callable(target):
-            raise RegistryError(f"{what}: the factory must be callable (a function or class), "
-                                f"got {type(target).__name__}: {target!r}")
+            raise RegistryError(f"{what}: the {'resolver' if family else 'factory'} must be callable "
+                                f"(a function or class), got {type(target).__name__}: {target!r}")
         if not isinstance(description, str):
             raise RegistryError(f"{what}: description must be a string, got {type(description).__name__}")
+        if family:
+            doc = inspect.cleandoc(getattr(target, "__doc__", None) or "").splitlines()
+            return Entry(self.kind.name, f"{plugin}/{name}", target, plugin,
+                         description or (doc[0] if doc else ""), family=True)
         accepted, required, positional_only = _parameters(target)
         if positional_only:
             raise RegistryError(f"{what}: a factory is called with keyword arguments only, but "
@@ -235,7 +262,37 @@ class Registry:
         if full:
             raise AmbiguousNameError(f"{self.kind.name} {name!r} is registered by several plugins: "
                                      f"name one of {', '.join(map(repr, sorted(full)))}")
-        raise UnknownNameError(self._unknown(name))
+        entry = self._from_family(name)
+        if entry is None:
+            raise UnknownNameError(self._unknown(name))
+        return entry
+
+    def _family_of(self, name) -> Optional[Entry]:
+        plugin, slash, bare = name.partition("/") if isinstance(name, str) else ("", "", "")
+        if not slash or not NAME_RE.match(bare):
+            return None
+        return next((f for f in self._families.values()
+                     if f.plugin == plugin and fnmatch.fnmatchcase(bare, f.short)), None)
+
+    def _from_family(self, name) -> Optional[Entry]:
+        """The entry a family resolves for the full ``name`` (cached), None when no family
+        covers it; UnknownNameError when the family's resolver has no such name."""
+        if name in self._resolved:
+            return self._resolved[name]
+        family = self._family_of(name)
+        if family is None:
+            return None
+        bare = name.partition("/")[2]
+        try:
+            factory = family.target(bare)
+        except LookupError as err:
+            raise UnknownNameError(f"{self.kind.name} {name!r}: {err}") from None
+        if factory is None:
+            raise UnknownNameError(f"unknown {self.kind.name} {name!r}: {family.name} "
+                                   f"({family.description or family.origin}) has no {bare!r}")
+        entry = self.make_entry(bare, factory, plugin=family.plugin, description=family.description)
+        self._resolved[name] = entry
+        return entry
 
     def _unknown(self, name) -> str:
         unavailable = self._group.unavailable if self._group is not None else {}
@@ -244,7 +301,7 @@ class Registry:
             return (f"{self.kind.name} {name!r} comes from plugin {plugin!r}, which is not loaded: "
                     f"{unavailable[plugin]}")
         msg = f"unknown {self.kind.name} {name!r}{did_you_mean(name, [*self._bare, *self._entries])}."
-        msg += (f" Registered {self.kind.plural}: {', '.join(self.names())}." if self._entries
+        msg += (f" Registered {self.kind.plural}: {', '.join(self.names())}." if len(self)
                 else f" No {self.kind.plural} are registered.")
         if unavailable:
             msg += " Plugins not loaded that may provide it: " + "; ".join(
@@ -252,7 +309,10 @@ class Registry:
         return msg
 
     def display_name(self, entry: Entry) -> str:
-        """The name to type: the bare name when it is unambiguous, else the full one."""
+        """The name to type: the bare name when it is unambiguous, else the full one (always
+        for families and the names they resolve)."""
+        if entry.family or entry.name not in self._entries:
+            return entry.name
         return entry.short if len(self._bare[entry.short]) == 1 else entry.name
 
     def names(self, pattern: str = "*") -> List[str]:
@@ -264,7 +324,9 @@ class Registry:
         return [e.name for e in self.entries(pattern)]
 
     def entries(self, pattern: str = "*") -> List[Entry]:
-        return [e for _, e in sorted(self._entries.items())
+        """Registered entries and families (each once, as ``<plugin>/<pattern>``) whose full
+        or bare name matches ``pattern``; names a family resolved are not listed."""
+        return [e for _, e in sorted({**self._entries, **self._families}.items())
                 if fnmatch.fnmatchcase(e.name, pattern) or fnmatch.fnmatchcase(e.short, pattern)]
 
     def check(self, cfg, *, runtime=(), where: str = "") -> List[str]:

@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .vocab import Vocab
+from .vocab import Vocab, tokenize as split_words
 
 VIEWS = ("image", "pair", "text")
 
@@ -112,6 +112,11 @@ class CaptionDataset(Dataset):
     def extra(self, i: int, c: int, with_image: bool) -> dict:
         """Dataset-specific keys for image i, its caption c."""
         return {}
+
+    def tokenize(self, text: str) -> torch.Tensor:
+        """Token ids (T,) of a new sentence, as this dataset's items would hold it (so a trained
+        model can embed sentences it never saw: ``fusedembed embed`` / ``search``)."""
+        return torch.tensor(self.vocab.encode(split_words(text)), dtype=torch.long)
 
     def captions_of(self, i: int) -> range:
         """Global ids of image i's captions."""

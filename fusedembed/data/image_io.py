@@ -46,6 +46,21 @@ def load_image(path, listed_in=None, where=None) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255)
 
 
+class ResizeThen:
+    """Resizes a float CHW image to ``size`` × ``size`` (antialiased), then applies ``then``
+    (when given): a picklable transform for DataLoader workers."""
+
+    def __init__(self, size: int, then=None):
+        self.size, self.then = int(size), then
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
+        if tuple(image.shape[-2:]) != (self.size, self.size):
+            image = TF.resize(image, [self.size, self.size], antialias=True)
+        return self.then(image) if self.then is not None else image
+
+
 def check_image(path, log: SkipLog, listed_in, where, verify: bool) -> bool:
     """True when the file exists (and, with ``verify``, decodes); otherwise raises, or records
     the problem in ``log`` when skipping and returns False."""

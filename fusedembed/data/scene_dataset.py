@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from . import scene_layout as layout
 from .captions import CaptionDataset
+from .image_io import ResizeThen
 from .scene_render import render
 from .vocab import Vocab
 
@@ -231,6 +232,11 @@ class ScenesDataset(CaptionDataset):
 
     def load_image(self, i: int) -> torch.Tensor:
         return torch.from_numpy(self.image_array(i).copy()).permute(2, 0, 1).float().div_(255)
+
+    @property
+    def file_transform(self):
+        """Scenes are drawn at ``image_size``: an image file is resized to it, then ``transform``."""
+        return ResizeThen(self.image_size, self.transform)
 
     def boxes(self, i: int) -> torch.Tensor:
         """(K, 4) float32 boxes x0, y0, x1, y1 in pixels (of the stored image)."""

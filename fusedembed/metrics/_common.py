@@ -4,8 +4,10 @@ import operator
 
 import torch
 
+# The blocked, overflow-safe scoring is the index's (one implementation for search and metrics).
+from ..index import DEFAULT_BLOCK, score_blocks  # noqa: F401
+
 TIES = ("pessimistic", "optimistic")
-DEFAULT_BLOCK = 1 << 22          # similarity entries per block (16 MiB of float32)
 
 
 def check_ties(ties: str) -> None:
@@ -45,29 +47,6 @@ def check_ks(ks, name: str = "ks") -> tuple[int, ...]:
     if len(out) != len(ks) or not ks or min(out) < 1:
         raise ValueError(f"{name} must be integers >= 1, got {ks!r}")
     return out
-
-
-def block_scores(q: torch.Tensor, g: torch.Tensor, qname: str, gname: str,
-                 first: int = 0) -> torch.Tensor:
-    """Dot products ``q @ g.T`` of finite embeddings, never NaN or inf: float32 scores that
-    overflow (entries around 1e20 square past the float32 range, and inf − inf is NaN, which
-    compares false and would rank every match first) are recomputed in float64, where products
-    of float32 values cannot overflow; float64 scores that overflow are an error. ``first``:
-    index of q's first row, for the message."""
-    s = q @ g.T
-    if torch.isfinite(s).all():
-        return s
-    if s.dtype == torch.float32:
-        s = q.double() @ g.double().T
-        if torch.isfinite(s).all():
-            return s
-    i, j = (~torch.isfinite(s)).nonzero()[0].tolist()
-    raise ValueError(f"{qname} · {gname} scores overflow {s.dtype} ({qname} {first + i}, {gname} {j}); "
-                     "L2-normalise the embeddings")
-
-
-def rows_per_block(n_cols: int, block: int) -> int:
-    return max(1, block // max(n_cols, 1))
 
 
 def ranked_relevance(scores: torch.Tensor, relevant: torch.Tensor, ties: str,

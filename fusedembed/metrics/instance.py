@@ -9,8 +9,7 @@ percent; the N-S score in [0, 4].
 
 import torch
 
-from ._common import (DEFAULT_BLOCK, block_scores, check_ties, embeddings, no_nan, pct, ranked_relevance,
-                      rows_per_block)
+from ._common import DEFAULT_BLOCK, check_ties, embeddings, no_nan, pct, ranked_relevance, score_blocks
 from .multilabel import ranked_ap
 from .retrieval import recall_summary, target_ranks
 
@@ -52,13 +51,12 @@ def instance_map(query, gallery, query_labels, gallery_labels, exclude=None,
     if len(ex) != len(q) or (ex >= len(g)).any() or (ex < -1).any():
         raise ValueError(f"exclude must hold one gallery index in [-1, {len(g)}) per query")
     aps = []
-    step = rows_per_block(len(g), block)
-    for a in range(0, len(q), step):
-        s = block_scores(q[a:a + step], g, "query", "gallery", first=a)
-        rel = ql[a:a + step, None] == gl[None, :]
+    for a, s in score_blocks(q, g, block):
+        b = a + len(s)
+        rel = ql[a:b, None] == gl[None, :]
         valid = torch.ones_like(rel)
-        rows = (ex[a:a + step] >= 0).nonzero().reshape(-1)
-        valid[rows, ex[a:a + step][rows]] = False
+        rows = (ex[a:b] >= 0).nonzero().reshape(-1)
+        valid[rows, ex[a:b][rows]] = False
         ranked = ranked_relevance(s, rel, ties, valid)
         aps.append(trapezoid_ap(ranked) if ap == "trapezoid" else ranked_ap(ranked))
     aps = torch.cat(aps)
@@ -100,10 +98,8 @@ def ukbench_score(embeddings_, groups=None, ties: str = "pessimistic",
         raise ValueError(f"{len(grp)} groups for {len(x)} images")
     grp = grp.to(x.device)
     hits = []
-    step = rows_per_block(len(x), block)
-    for a in range(0, len(x), step):
-        s = block_scores(x[a:a + step], x, "embeddings", "embeddings", first=a)
-        rel = grp[a:a + step, None] == grp[None, :]
+    for a, s in score_blocks(x, x, block, ("embeddings", "embeddings")):
+        rel = grp[a:a + len(s), None] == grp[None, :]
         hits.append(ranked_relevance(s, rel, ties)[:, :4].sum(1))
     return {"ns_score": float(torch.cat(hits).double().mean())}
 

@@ -19,8 +19,7 @@ Values: recalls in percent, ranks in positions; ``rsum`` = sum of the six recall
 
 import torch
 
-from ._common import (DEFAULT_BLOCK, block_scores, check_ks, check_ties, embeddings, no_nan, pct,
-                      rows_per_block)
+from ._common import DEFAULT_BLOCK, check_ks, check_ties, embeddings, no_nan, pct, score_blocks
 
 MEDIANS = ("floor", "recall")
 
@@ -49,15 +48,13 @@ def _ranks(q, g, ql, gl, ties, block, names=("query", "gallery")) -> torch.Tenso
         k = int(lonely[0])
         raise ValueError(f"query {k} has no gallery item with its label {ql[k].item()}")
     out = torch.empty(len(q), dtype=torch.long, device=q.device)
-    step = rows_per_block(len(g), block)
-    for a in range(0, len(q), step):
-        s = block_scores(q[a:a + step], g, *names, first=a)
-        match = ql[a:a + step, None] == gl[None, :]
+    for a, s in score_blocks(q, g, block, names):
+        match = ql[a:a + len(s), None] == gl[None, :]
         best = s.masked_fill(~match, float("-inf")).amax(1, keepdim=True)
         # Pessimistic: a non-match scoring equal to the best match is ahead of it; optimistic:
         # only those strictly above.
         ahead = (s >= best) if ties == "pessimistic" else (s > best)
-        out[a:a + step] = 1 + (ahead & ~match).count_nonzero(1)
+        out[a:a + len(s)] = 1 + (ahead & ~match).count_nonzero(1)
     return out.cpu()
 
 
