@@ -12,7 +12,7 @@ PLUGINS := $(filter-out plugins/example/%,$(wildcard plugins/*/pyproject.toml))
 # GPU machines get the full benchmark shapes, others a quick pass.
 BENCH_ARGS ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,--quick)
 
-.PHONY: demo test bench wheel cuda-check install clean
+.PHONY: demo test lint bench wheel cuda-check install clean
 
 # The dual-path recipe end to end: trains dualpath/scenes (Stage I, Stage II) into runs/demo,
 # prints its retrieval table next to chance and a bag-of-words baseline, writes the report.
@@ -21,6 +21,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+# ruff over the Python tree (rules in pyproject.toml [tool.ruff]).
+lint: install
+	$(VENV)/bin/ruff check .
 
 bench: install
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b $(BENCH_ARGS) || exit 1; done

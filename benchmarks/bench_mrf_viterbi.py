@@ -12,8 +12,8 @@ Implementations per case:
 """
 
 import torch
-
 from _harness import Case, parser, run_cases
+
 from fusedembed.ops import _reference, crf_viterbi, mrf_viterbi
 from fusedembed.testing import pytorch_crf_decode
 

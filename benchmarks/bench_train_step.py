@@ -19,11 +19,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import parser, print_table  # noqa: E402
 
-from fusedembed.config import validate  # noqa: E402
 from fusedembed import build  # noqa: E402
+from fusedembed.config import validate  # noqa: E402
+from fusedembed.distributed import World  # noqa: E402
 from fusedembed.trainer import train  # noqa: E402
 from fusedembed.trainer.data import to_device, train_loader  # noqa: E402
-from fusedembed.distributed import World  # noqa: E402
 
 
 def make_recipe(args, root):

@@ -5,13 +5,13 @@ hooks of :mod:`fusedembed.hookspecs`; :func:`build` makes a registered component
 a validated recipe, :mod:`fusedembed.trainer` trains it.
 """
 
-from ._version import __version__
+from . import nn, ops
 from ._extension import build_info, has_extension
-from . import ops, nn
+from ._version import __version__
+from .config import RecipeError, load_recipe, save_recipe
 from .hookspecs import hookimpl
 from .plugins import build, current_registries, get_registry
 from .registry import Registries, spec
-from .config import RecipeError, load_recipe, save_recipe
 
 __all__ = ["__version__", "build_info", "has_extension", "ops", "nn", "hookimpl", "build",
            "current_registries", "get_registry", "Registries", "spec", "RecipeError", "load_recipe",

@@ -20,9 +20,9 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from .recipe import STAGE_SECTIONS, Recipe
 from .plugins import current_registries
-from .registry import Component, KINDS, Registries, RegistryError, did_you_mean
+from .recipe import STAGE_SECTIONS, Recipe
+from .registry import KINDS, Component, Registries, RegistryError, did_you_mean
 
 RESOLVED_NAME = "config.yaml"
 

@@ -1,6 +1,6 @@
 """The one rule for choosing a device, used by the trainer, evaluation, embedding and demos."""
 
-from typing import Optional, Union
+from typing import Union
 
 import torch
 

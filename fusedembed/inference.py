@@ -260,7 +260,8 @@ def torchvision_io():
 def decode_image(path) -> torch.Tensor:
     """An image file as float RGB (3, H, W) in [0, 1], decoded by torchvision.io; raises
     ValueError naming the file when it cannot be decoded."""
-    from torchvision.io import ImageReadMode, decode_image as tv_decode, read_file
+    from torchvision.io import ImageReadMode, read_file
+    from torchvision.io import decode_image as tv_decode
 
     try:
         with torchvision_io():
@@ -275,7 +276,8 @@ def decode_image(path) -> torch.Tensor:
 
 def image_tensor_from_bytes(data: bytes, what: str) -> torch.Tensor:
     """Encoded image bytes (JPEG, PNG, GIF, WebP) as float RGB (3, H, W) in [0, 1]."""
-    from torchvision.io import ImageReadMode, decode_image as tv_decode
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_image as tv_decode
 
     if not data:
         raise ValueError(f"{what}: empty image data")

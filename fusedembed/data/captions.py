@@ -7,7 +7,8 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .vocab import Vocab, tokenize as split_words
+from .vocab import Vocab
+from .vocab import tokenize as split_words
 
 VIEWS = ("image", "pair", "text")
 

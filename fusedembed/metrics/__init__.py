@@ -21,8 +21,14 @@ level or below, never perfect; ``ties="optimistic"`` gives the other bound.
 from .alignment import alignment_metrics
 from .instance import copy_recall, holidays_map, instance_map, trapezoid_ap, ukbench_score
 from .multilabel import average_precision, multilabel_class_ap, multilabel_map, multilabel_topk
-from .retrieval import (coco_retrieval, label_ranks, recall_summary, retrieval_metrics,
-                        retrieval_ranks, target_ranks)
+from .retrieval import (
+                        coco_retrieval,
+                        label_ranks,
+                        recall_summary,
+                        retrieval_metrics,
+                        retrieval_ranks,
+                        target_ranks,
+)
 
 __all__ = [
     "alignment_metrics", "copy_recall", "holidays_map", "instance_map", "trapezoid_ap",

@@ -17,12 +17,12 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
+from .. import distributed as D
 from ..config import save_recipe, stage_recipes, to_dict
 from ..devices import resolve_device
-from ..recipe import Recipe, split_loss
 from ..plugins import build, get_registry
+from ..recipe import Recipe, split_loss
 from . import checkpoint as ckpt
-from .. import distributed as D
 from .data import eval_loader, set_dataset_epoch, to_device, train_loader
 from .logging import MetricsLog, Progress
 from .optim import Schedule, build_optimizers

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fusedembed.data import collate, scene_vocab, scenes
-from fusedembed.data import scene_layout as L
 from fusedembed.data import scene_dataset as scenes_mod
+from fusedembed.data import scene_layout as L
 from fusedembed.data.scene_render import RGB
 from fusedembed.data.vocab import tokenize
 
@@ -205,7 +205,9 @@ def test_captions_are_true_and_distinguish_scenes():
 
 
 def test_relation_rule():
-    o = lambda x, y: L.Obj(0, 0, 0, x, y, 0.1)
+    def o(x, y):
+        return L.Obj(0, 0, 0, x, y, 0.1)
+
     assert L.relation(o(0.2, 0.5), o(0.7, 0.55)) == "left"
     assert L.relation(o(0.7, 0.5), o(0.2, 0.5)) == "right"
     assert L.relation(o(0.5, 0.2), o(0.5, 0.8)) == "above"

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from fusedembed.metrics import (coco_retrieval, label_ranks, recall_summary, retrieval_metrics,
-                                retrieval_ranks, target_ranks)
+from fusedembed.metrics import (
+    coco_retrieval,
+    label_ranks,
+    recall_summary,
+    retrieval_metrics,
+    retrieval_ranks,
+    target_ranks,
+)
 from fusedembed.testing import cpu_and_cuda
 
 

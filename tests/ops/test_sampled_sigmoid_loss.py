@@ -169,8 +169,10 @@ def test_gradcheck_float64(device):
     pw = torch.linspace(1, 5, 9, dtype=torch.float64, device=device)
     for reduction in ["mean", "none"]:
         z = logits.detach().requires_grad_()
-        fn = lambda a: sampled_sigmoid_loss(a, targets, cw, pos_weight=pw, neg_ratio=1.0, empty_keep=0.5, seed=3,
-                                            reduction=reduction)
+        def fn(a, reduction=reduction):
+            return sampled_sigmoid_loss(a, targets, cw, pos_weight=pw, neg_ratio=1.0, empty_keep=0.5, seed=3,
+                                        reduction=reduction)
+
         assert torch.autograd.gradcheck(fn, (z,))
 
 

@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from fusedembed.nn import GeM
-from fusedembed.testing import plugin_manager
 
 
 def test_resnet_loads_a_local_torchvision_checkpoint_and_pools_with_gem(registries, tmp_path):

@@ -29,7 +29,7 @@ def test_plugins_reports_a_broken_plugin_and_exits_1(make_plugin):
     make_plugin("broken", "raise ImportError('needs libfoo')\n", version="0.3")
     code, out = run("plugins")
     assert code == 1
-    line = next(l for l in out.splitlines() if l.startswith("broken"))
+    line = next(ln for ln in out.splitlines() if ln.startswith("broken"))
     assert line.split()[:4] == ["broken", "0.3", "fe-test-broken", "failed"]
     assert line.endswith("ImportError: needs libfoo")
     assert "fusedembed plugins -v" in out and "Traceback" not in out
@@ -42,9 +42,9 @@ def test_plugins_shows_disabled_and_shared_names(make_plugin, monkeypatch):
            "    register('cross_entropy', torch.nn.CrossEntropyLoss)\n"
     make_plugin("clash", code)
     code_, out = run("plugins")
-    assert code_ == 0 and "losses: cross_entropy" in next(l for l in out.splitlines() if l.startswith("clash"))
+    assert code_ == 0 and "losses: cross_entropy" in next(ln for ln in out.splitlines() if ln.startswith("clash"))
     code_, out = run("list", "losses", "cross*")
-    assert code_ == 0 and [l.split()[:2] for l in out.splitlines()[1:]] == [
+    assert code_ == 0 and [ln.split()[:2] for ln in out.splitlines()[1:]] == [
         ["builtin/cross_entropy", "builtin"], ["clash/cross_entropy", "clash"]]
     monkeypatch.setenv("FUSEDEMBED_DISABLE_PLUGINS", "clash")
     from fusedembed.plugins import reset_plugin_manager
@@ -58,7 +58,7 @@ def test_demo_lists_the_registered_demos_and_runs_one_with_its_arguments(make_pl
     make_plugin("shows", "import fusedembed\n@fusedembed.hookimpl\ndef fusedembed_register_demos(register):\n"
                          "    register('hello', lambda argv: print('hello', *argv) or 3, description='says hello')\n")
     code, out = run("demo")
-    assert code == 0 and ["hello", "shows", "says", "hello"] in [l.split() for l in out.splitlines()]
+    assert code == 0 and ["hello", "shows", "says", "hello"] in [ln.split() for ln in out.splitlines()]
     assert run("demo", "hello", "--fast", "x=1")[0] == 3
     assert run("demo", "nope")[0] == 1
 
@@ -66,7 +66,7 @@ def test_demo_lists_the_registered_demos_and_runs_one_with_its_arguments(make_pl
 def test_list(capsys):
     code, out = run("list", "backbones", "res*")
     assert code == 0
-    assert [l.split()[:2] for l in out.splitlines()] == [
+    assert [ln.split()[:2] for ln in out.splitlines()] == [
         ["NAME", "PLUGIN"], ["resnet18", "builtin"], ["resnet34", "builtin"], ["resnet50", "builtin"]]
     assert run("list", "loss")[1].splitlines()[1].split()[:2] == ["bce", "builtin"]
     assert run("list", "backbone", "zz*")[0] == 1

@@ -6,9 +6,8 @@ import torch
 
 from fusedembed import RecipeError, load_recipe, save_recipe
 from fusedembed.config import apply_overrides, check_components, load_tree, merge, stage_recipes
-from fusedembed.registry import Registries
 from fusedembed.recipe import Recipe
-from fusedembed.testing import plugin_manager
+from fusedembed.registry import Registries
 
 
 @pytest.fixture
@@ -196,7 +195,7 @@ def test_stages_merge_onto_the_recipe(write, registries):
     (n1, s1), (n2, s2) = stage_recipes(r)
     assert (n1, s1.trainer.optimizer.lr_mult, s1.trainer.lr) == ("one", {"backbone.*": 0.0}, 1e-3)
     assert (n2, s2.trainer.optimizer.lr_mult, s2.trainer.lr, s2.trainer.epochs) == ("two", {}, 0.5, 1)
-    assert [l["name"] for l in s2.losses] == ["cross_entropy", "bce"] and s2.stages == []
+    assert [ln["name"] for ln in s2.losses] == ["cross_entropy", "bce"] and s2.stages == []
     assert stage_recipes(load_recipe(write("flat.yaml", BASE)))[0][0] == "main"
 
 

@@ -60,7 +60,7 @@ def test_install_discover_use_uninstall(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "PLUGINS 0" in lines and "SHOW 0" in lines
-    row = next(l for l in lines if l.startswith("example "))
+    row = next(ln for ln in lines if ln.startswith("example "))
     assert row.split()[:4] == ["example", "0.1.0", "fusedembed-example", "loaded"]
     assert "backbones: convnet" in row
     assert "BACKBONE fusedembed_example.components 16 (2, 4)" in lines

@@ -5,8 +5,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from fusedembed.registry import (AmbiguousNameError, BuildError, DuplicateNameError, Registries,
-                                 RegistryError, UnknownNameError, kind_of)
+from fusedembed.registry import (
+    AmbiguousNameError,
+    BuildError,
+    DuplicateNameError,
+    Registries,
+    RegistryError,
+    UnknownNameError,
+    kind_of,
+)
 
 
 class Toy(nn.Module):

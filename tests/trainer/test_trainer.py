@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from fusedembed import build as registry_build
 from fusedembed import cli
 from fusedembed.config import validate
-from fusedembed import build as registry_build
 from fusedembed.trainer import CheckpointError, NonFiniteLossError, Trainer, train
 from fusedembed.trainer.checkpoint import load as load_checkpoint
 from fusedembed.trainer.optim import build_optimizers, lr_factor
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def rows(run_dir, key="loss"):
-    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if key in l]
+    return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if key in ln]
 
 
 def model_state(path):
@@ -50,7 +50,7 @@ def test_tiny_recipe_trains_loss_falls_and_writes_run_dir(make_recipe, tmp_path)
     best = torch.load(tmp_path / "best.pt", weights_only=True)["best"]
     assert best["value"] == max(r["val/map"] for r in evals)
     assert "best map" in (tmp_path / "report.md").read_text()
-    assert any(l.startswith("step 2 ") and "loss/bce" in l for l in lines)   # plain lines: no TTY here
+    assert any(ln.startswith("step 2 ") and "loss/bce" in ln for ln in lines)   # plain lines: no TTY here
     assert validate(__import__("yaml").safe_load((tmp_path / "config.yaml").read_text())) == recipe
 
 
@@ -109,7 +109,6 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(make_recipe, tmp_path
 def one_step_delta(make_recipe, tmp_path, **trainer):
     recipe = make_recipe(trainer={"max_steps": 1, "lr": 1.0, "bn_eval": True, "log_every": 1,
                                   "optimizer": {"name": "sgd", "momentum": 0.0}, **trainer})
-    states = {}
     t = Trainer(recipe, tmp_path, out=lambda _: None)
     torch.manual_seed(0)
     before = registry_build("model", recipe.model).state_dict()

@@ -4,10 +4,10 @@ import struct
 
 import pytest
 import torch
+from fusedembed_dualpath.shift import all_placements, fit_lengths, place, random_offsets
 
 from fusedembed import load_recipe
 from fusedembed.data import Vocab
-from fusedembed_dualpath.shift import all_placements, fit_lengths, place, random_offsets
 
 
 def test_registers_every_component_and_recipe(registries):

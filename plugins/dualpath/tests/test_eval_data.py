@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
+from fusedembed_dualpath.evaluator import RetrievalEvaluator
+from fusedembed_dualpath.report import chance_metrics, table
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from fusedembed.data import Vocab, collate
-from fusedembed_dualpath.evaluator import RetrievalEvaluator
-from fusedembed_dualpath.report import chance_metrics, table
 
 
 def test_evaluator_metrics_on_a_hand_made_case():
@@ -64,8 +64,9 @@ def test_table_has_both_directions_and_rsum():
 
 
 def test_bow_cca_baseline_beats_chance_on_scenes(scenes_root):
-    from fusedembed.data import scenes
     from fusedembed_dualpath.baseline import BowCCA
+
+    from fusedembed.data import scenes
 
     common = dict(root=scenes_root, image_size=32, progress=False, workers=1, train_images=200)
     train = scenes("train", num_images=200, **common)

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from fusedembed_dualpath.losses import chunked_cross_entropy
 from fusedembed_dualpath.memory import analytic, measure
 

@@ -49,10 +49,11 @@ def files(model, installed_registries, tmp_path_factory):
 @pytest.fixture(scope="module")
 def encoded(model, installed_registries):
     """What the dual-path evaluator computes for the test split (its own encoding path)."""
+    from fusedembed_dualpath.evaluator import encode
+
     from fusedembed import build
     from fusedembed.config import stage_recipes
     from fusedembed.trainer import eval_loader, load_model
-    from fusedembed_dualpath.evaluator import encode
 
     checkpoint, recipe = model
     with installed_registries.active():

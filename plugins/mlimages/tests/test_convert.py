@@ -5,7 +5,6 @@ TF forward pass the converted model must reproduce (needs tensorflow: skipped wi
 import numpy as np
 import pytest
 import torch
-
 from fusedembed_mlimages.convert import ConversionError, convert_tensors, variable_map
 from fusedembed_mlimages.model import MLImagesClassifier
 from fusedembed_mlimages.resnet import PreActResNet

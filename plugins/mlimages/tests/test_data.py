@@ -6,10 +6,10 @@ import io
 import numpy as np
 import pytest
 import torch
+from fusedembed_mlimages.data import labelled_list, mlimages, scenes_multilabel
 from PIL import Image
 
 from fusedembed.data import DataError
-from fusedembed_mlimages.data import labelled_list, mlimages, scenes_multilabel
 
 DICTIONARY = "n0\t-1\tthing\nn1\t0\tanimal\nn2\t1\tdog\nn3\t-1\tplace\n"
 

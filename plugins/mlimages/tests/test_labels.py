@@ -2,10 +2,17 @@
 small hand-made hierarchy."""
 
 import pytest
+from fusedembed_mlimages.labels import (
+    cooccurrence,
+    main,
+    parse_class_spec,
+    read_class_dictionary,
+    read_label_list,
+    with_ancestors,
+    with_cooccurring,
+)
 
 from fusedembed.data import DataError, SkipLog
-from fusedembed_mlimages.labels import (cooccurrence, main, parse_class_spec, read_class_dictionary, read_label_list,
-                                        with_ancestors, with_cooccurring)
 
 DICTIONARY = "n0\t-1\tthing\nn1\t0\tanimal\nn2\t1\tdog\nn3\t-1\tplace\n"
 

@@ -3,9 +3,8 @@ file), the classifier, and a trained ML-Images model used as another recipe's im
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from fusedembed_mlimages.resnet import DEPTHS, PreActResNet
+from safetensors.torch import save_file
 
 SMALL = {"name": "mlimages/preact_resnet101", "blocks": [1, 1, 1, 1], "width": 4}
 

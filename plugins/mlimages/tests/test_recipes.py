@@ -3,9 +3,9 @@ hand cases, a few training steps of the demo recipes, and the demo end to end at
 
 import pytest
 import torch
+from fusedembed_mlimages.evaluator import Accuracy, multilabel_report, terciles
 
 from fusedembed import build, load_recipe
-from fusedembed_mlimages.evaluator import Accuracy, multilabel_report, terciles
 
 RECIPES = ["ml_images", "ml_images_code", "finetune_imagenet", "scenes", "scenes_finetune"]
 

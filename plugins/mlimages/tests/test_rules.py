@@ -6,11 +6,11 @@ import re
 
 import pytest
 import torch
+from fusedembed_mlimages.loss import SampledWeightedSigmoidLoss
+from fusedembed_mlimages.rules import PaperRule, ReleasedCodeRule
 
 import fusedembed
 from fusedembed.ops import sampled_sigmoid_loss
-from fusedembed_mlimages.loss import SampledWeightedSigmoidLoss
-from fusedembed_mlimages.rules import PaperRule, ReleasedCodeRule
 
 pytestmark = pytest.mark.skipif(not fusedembed.has_extension(), reason="fusedembed._C not built")
 

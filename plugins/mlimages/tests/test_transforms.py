@@ -5,9 +5,16 @@ import math
 
 import pytest
 import torch
-
-from fusedembed_mlimages.transforms import (Colour, EvalTransform, Params, TrainTransform, distort_colour,
-                                            hsv_to_rgb, rgb_to_hsv, sample_crop)
+from fusedembed_mlimages.transforms import (
+    Colour,
+    EvalTransform,
+    Params,
+    TrainTransform,
+    distort_colour,
+    hsv_to_rgb,
+    rgb_to_hsv,
+    sample_crop,
+)
 
 
 @pytest.mark.parametrize("preset, area, aspect", [("code", (0.7, 1.0), (0.75, 1.33)),

@@ -76,7 +76,7 @@ def main(argv=None) -> None:
     print(f"instance loss, B={args.batch} per branch (N={2 * args.batch} rows), C={args.classes}, "
           f"D={args.dim}, float32, CPU; W itself is {4 * args.classes * args.dim / 2**20:.0f} MiB")
     grad_w = 4 * args.classes * args.dim / 2**20
-    print(f"| cross-entropy | measured peak (MiB) | of which beyond grad W | analytic (MiB) |\n|---|---:|---:|---:|")
+    print("| cross-entropy | measured peak (MiB) | of which beyond grad W | analytic (MiB) |\n|---|---:|---:|---:|")
     for chunk in args.chunks:
         m = measure(args.batch, args.classes, args.dim, chunk)
         name = "plain F.cross_entropy" if chunk == 0 else f"chunked, {chunk} classes"

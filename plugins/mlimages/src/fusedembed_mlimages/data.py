@@ -17,8 +17,16 @@ from typing import Literal, Optional
 import torch
 from torch.utils.data import Dataset
 
-from fusedembed.data import (DataError, ImageReadError, SkipLog, SkipsUnreadable, Vocab, check_image, scenes,
-                             text_lines)
+from fusedembed.data import (
+    DataError,
+    ImageReadError,
+    SkipLog,
+    SkipsUnreadable,
+    Vocab,
+    check_image,
+    scenes,
+    text_lines,
+)
 
 from .labels import read_class_dictionary, read_label_list, with_ancestors
 from .transforms import make_transform

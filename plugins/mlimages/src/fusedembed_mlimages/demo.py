@@ -79,7 +79,6 @@ def ap_plot(per_class, frequency, path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig, axes = plt.subplots(1, len(per_class), figsize=(3.2 * len(per_class), 3.2), sharey=True)
