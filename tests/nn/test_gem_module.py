@@ -51,7 +51,7 @@ def test_set_p_keeps_the_parameter_object_and_set_learn_p_switches():
     assert g.learn_p is False and "p_value" in dict(g.named_buffers()) and float(g.p.detach()) == pytest.approx(4.5)
     g.set_learn_p(True)
     assert g.learn_p and float(g.p.detach()) == pytest.approx(4.5)
-    with pytest.raises(ValueError, match="p must be > 0"):
+    with pytest.raises(ValueError, match="p must be finite and > 0"):
         g.set_p(-1.0)
     fixed = GeM(p=3.0, learn_p=False)
     fixed.set_p(math.inf)
@@ -62,7 +62,7 @@ def test_set_p_keeps_the_parameter_object_and_set_learn_p_switches():
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="parametrization must be one of"):
         GeM(parametrization="softplus")
-    with pytest.raises(ValueError, match="p must be > 0"):
+    with pytest.raises(ValueError, match="p must be finite and > 0"):
         GeM(p=0.0)
 
 
