@@ -44,7 +44,7 @@ class GeM(nn.Module):
             if learn_p:
                 raise ValueError("GeM: p = inf (max pooling) cannot be learned: pass learn_p=False")
         elif not (math.isfinite(p) and p > 0):
-            raise ValueError(f"GeM: p must be finite and > 0 (or inf, fixed), got {p}")
+            raise ValueError(f"GeM: p must be finite and > 0, got {p} (p = inf, max pooling, is allowed fixed)")
 
     def _encode(self, p: torch.Tensor) -> torch.Tensor:
         return p.log() if self.parametrization == "log" else p
