@@ -20,7 +20,7 @@ def fit_whitening(features: torch.Tensor, include_last: bool = True,
                   min_variance: float = 1e-12) -> Tuple[torch.Tensor, torch.Tensor]:
     """(mean (D,), P (D, D)) of ``features`` (N, D); eigenvalues are floored at
     ``min_variance`` x the largest (directions the sample does not span)."""
-    x = torch.as_tensor(features).double()
+    x = torch.as_tensor(features).detach().double()
     if x.dim() != 2 or len(x) < 2:
         raise ValueError(f"fit_whitening: need (N >= 2, D) features, got shape {tuple(x.shape)}")
     fit = x if include_last else x[:, :-1]
