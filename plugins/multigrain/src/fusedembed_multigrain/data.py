@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from fusedembed.data import scenes
 from fusedembed.data.vocab import Vocab
 
-from .transforms import test_transform, train_transform
+from .transforms import eval_transform, train_transform
 
 TrainKind = Literal["full", "autoaugment", "flip"]
 TestKind = Literal["rect", "center", "resize"]
@@ -44,7 +44,7 @@ def imagefolder(split: str, root: str, train_kind: TrainKind = "full", test_kind
     if not folder.is_dir():
         raise FileNotFoundError(f"imagefolder: root {str(root)!r} has no {folder.name}/ folder")
     base = ImageFolder(str(folder))
-    tf = train_transform(train_kind, size, scale) if split == "train" else test_transform(test_kind, size)
+    tf = train_transform(train_kind, size, scale) if split == "train" else eval_transform(test_kind, size)
     return Indexed(lambda i: base.loader(base.samples[i][0]), tf, [t for _, t in base.samples],
                    len(base.classes), base.classes)
 
@@ -64,5 +64,5 @@ def scenes_objects(split: str, num_images: Optional[int] = None, image_size: int
                   view="image", vocab=Vocab([]), progress=progress)
     labels = [len(base.boxes(i)) - 1 for i in range(len(base))]
     tf = (train_transform(train_kind, train_size or image_size, scale) if split == "train"
-          else test_transform(test_kind, test_size or image_size))
+          else eval_transform(test_kind, test_size or image_size))
     return Indexed(base.load_image, tf, labels, 4, ["1 object", "2 objects", "3 objects", "4 objects"])

@@ -29,7 +29,7 @@ from fusedembed.metrics import instance_map
 
 from .finetune_p import accuracy, finetune_p, select_per_class
 from .retrieval import embed_images, knn
-from .transforms import test_transform
+from .transforms import eval_transform
 from .whiten import whiten_model
 
 RECIPE = "multigrain/scenes"
@@ -84,7 +84,7 @@ def copy_benchmark(images, num_sources: int, seed: int = 0):
 
 
 def copy_map(model, queries, targets, gallery, size, device) -> float:
-    tf = test_transform("rect", size)
+    tf = eval_transform("rect", size)
     q = embed_images(model, queries, tf, device)
     g = embed_images(model, gallery, tf, device)
     return instance_map(q, g, targets, torch.arange(len(gallery)), ap="trapezoid")["map"]
@@ -101,7 +101,7 @@ def top5_picture(model, bench, gallery, size, device, path, rows: int = 4):
     import numpy as np
     from PIL import Image, ImageDraw
 
-    tf = test_transform("rect", size)
+    tf = eval_transform("rect", size)
     picks = list(range(rows))                           # source 0: crop, rotate, jpeg, colour
     q = embed_images(model, [bench[0][i] for i in picks], tf, device)
     g = embed_images(model, gallery, tf, device)

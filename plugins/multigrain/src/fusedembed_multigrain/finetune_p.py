@@ -14,7 +14,7 @@ from typing import Iterable, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .transforms import test_transform
+from .transforms import eval_transform
 
 
 def select_per_class(labels: Sequence[int], images_per_class: int = 50) -> List[int]:
@@ -38,7 +38,7 @@ def finetune_p(model, images: Sequence[torch.Tensor], labels: Sequence[int], siz
     fixed again). ``images``: (3, H, W) float tensors in [0, 1] of any size."""
     if len(images) != len(labels) or not len(images):
         raise ValueError(f"finetune_p: need as many labels as images (> 0), got {len(images)} and {len(labels)}")
-    tf = test_transform("rect", size)
+    tf = eval_transform("rect", size)
     pool = model.pool
     frozen = [(q, q.requires_grad) for q in model.parameters()]
     for q, _ in frozen:
@@ -74,7 +74,7 @@ def finetune_p(model, images: Sequence[torch.Tensor], labels: Sequence[int], siz
 def accuracy(model, images: Sequence[torch.Tensor], labels: Sequence[int], size: int, device="cpu") -> float:
     """Top-1 accuracy (%) at ``size`` in rect mode, images forwarded one by one."""
     model.eval()
-    tf = test_transform("rect", size)
+    tf = eval_transform("rect", size)
     logits = _logits(model, (tf(im) for im in images), device)
     return 100.0 * float((logits.argmax(1).cpu() == torch.as_tensor(list(labels))).double().mean())
 

@@ -33,7 +33,7 @@ import torch
 from fusedembed.index import build_index
 from fusedembed.metrics import holidays_map, instance_map, listed_map, ukbench_score
 
-from .transforms import crop_box, test_transform
+from .transforms import crop_box, eval_transform
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -216,7 +216,7 @@ def evaluate(model, benchmark: str, root, *, device="cpu", size: int = 224, batc
              distractors=None, rotations=None, dataset: str = "roxford5k", crop_query: bool = True,
              max_distractors: Optional[int] = None) -> dict:
     """Embeds a benchmark's images at ``size`` (largest side) and returns its scores."""
-    tf = test_transform("rect", size)
+    tf = eval_transform("rect", size)
     emb = lambda images: embed_images(model, images, tf, device, batch_size)   # noqa: E731
     if benchmark == "holidays":
         b = Holidays(root, rotations)

@@ -95,9 +95,9 @@ def train_transform(kind: str = "full", size: int = 224, scale: Sequence[float] 
     return T.Compose(steps)
 
 
-def test_transform(kind: str = "rect", size: int = 224, normalize: bool = True):
+def eval_transform(kind: str = "rect", size: int = 224, normalize: bool = True):
     if kind not in TEST_KINDS:
-        raise ValueError(f"test_transform: kind must be one of {TEST_KINDS}, got {kind!r}")
+        raise ValueError(f"eval_transform: kind must be one of {TEST_KINDS}, got {kind!r}")
     steps = [as_tensor]
     if kind == "rect":
         steps.append(ResizeLargest(size))

@@ -13,7 +13,7 @@ import torch
 
 from .model import add_bias_channel, l2n
 from .retrieval import embed_images
-from .transforms import test_transform
+from .transforms import eval_transform
 
 
 def fit_whitening(features: torch.Tensor, include_last: bool = True,
@@ -42,7 +42,7 @@ def fit_whitening(features: torch.Tensor, include_last: bool = True,
 @torch.no_grad()
 def whitening_features(model, images, size: int, device="cpu", batch_size: int = 32) -> torch.Tensor:
     """l2n([g; 1]) of ``images`` at ``size`` (largest side), the model's current p."""
-    g = embed_images(model, images, test_transform("rect", size), device, batch_size, output="gem")
+    g = embed_images(model, images, eval_transform("rect", size), device, batch_size, output="gem")
     return l2n(g if model.add_bias else add_bias_channel(g))
 
 
