@@ -119,3 +119,15 @@ def test_margin_module_beta_learns_and_no_positive_gives_zero():
     assert float(zero) == 0.0
     with pytest.raises(ValueError, match="pair_cnt must be one of"):
         MarginLoss(pair_cnt="all")
+
+
+@pytest.mark.cuda
+def test_sampling_and_loss_run_on_the_gpu_like_on_the_cpu():
+    x = _unit(24, 32, seed=2)
+    inst = torch.arange(8).repeat_interleave(3)
+    torch.testing.assert_close(dws_weights(x.cuda(), inst.cuda()).cpu(), dws_weights(x, inst), atol=1e-5, rtol=1e-4)
+    a, p, n = distance_weighted_sampling(x.cuda(), inst.cuda())
+    assert a.is_cuda and (inst.cuda()[a] != inst.cuda()[n]).all()
+    beta = torch.tensor(1.2)
+    torch.testing.assert_close(margin_loss(x.cuda(), a, p, n, beta.cuda()).cpu(),
+                               margin_loss(x, a.cpu(), p.cpu(), n.cpu(), beta), atol=1e-5, rtol=1e-5)
