@@ -61,3 +61,27 @@ def test_transforms_shapes_and_rect_keeps_the_aspect():
     assert eval_transform("rect", 40, normalize=False)(img).shape == (3, 20, 40)
     with pytest.raises(ValueError, match="kind must be one of"):
         train_transform("simple")
+
+
+def test_imagenet_recipe_trains_on_an_imagefolder(tmp_path, installed_registries):
+    import numpy as np
+    from PIL import Image
+
+    from fusedembed.trainer import train
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("n01", "n02"):
+            (tmp_path / "in" / split / c).mkdir(parents=True)
+            for i in range(6):
+                arr = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(tmp_path / "in" / split / c / f"{c}_{i}.JPEG")
+    root = tmp_path / "in"
+    recipe = load_recipe("multigrain/imagenet_r50", [
+        "model.arch=tiny", "model.width=4", "model.depth=2", "model.num_classes=2",
+        f"data.train.root={root}", f"data.val.root={root}", "data.train.size=32", "data.val.size=32",
+        "data.sampler.batch_size=6", "trainer.batch_size=6", "trainer.eval_batch_size=6", "trainer.workers=0",
+        "trainer.epochs=1", "trainer.max_steps=2", "trainer.device=cpu"])
+    metrics = train(recipe, tmp_path / "run", out=lambda line: None)
+    assert 0 <= metrics["top1"] <= 100 and metrics["top5"] == 100.0      # 2 classes: top-5 always hits
+    assert (tmp_path / "run" / "last.pt").is_file()
