@@ -110,7 +110,7 @@ def test_pair_count_any_vs_terms_differ_when_both_terms_are_active():
 
 def test_margin_module_beta_learns_and_no_positive_gives_zero():
     loss = MarginLoss()
-    assert isinstance(loss.beta, torch.nn.Parameter) and float(loss.beta) == pytest.approx(1.2)
+    assert isinstance(loss.beta, torch.nn.Parameter) and float(loss.beta.detach()) == pytest.approx(1.2)
     x = _unit(9, 8).requires_grad_()
     out = loss(x, torch.arange(3).repeat_interleave(3))
     out.backward()

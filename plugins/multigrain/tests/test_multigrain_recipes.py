@@ -25,7 +25,7 @@ def test_imagenet_recipe_is_the_readme_run(installed_registries):
     model = build("model", r.model)
     assert model.feature_dim == 2048 and model.classifier.out_features == 1000
     margin = build("loss", {k: v for k, v in r.losses[1].items() if k != "weight"})
-    assert margin.pair_cnt == "any" and float(margin.beta) == pytest.approx(1.2)
+    assert margin.pair_cnt == "any" and float(margin.beta.detach()) == pytest.approx(1.2)
 
 
 def test_demo_runs_at_toy_size(tmp_path, scenes_root, monkeypatch):
