@@ -14,12 +14,13 @@ level or below, never perfect; ``ties="optimistic"`` gives the other bound.
   ``multilabel_class_ap(scores, targets, threshold=0.5, ties)`` (per class, NaN without positives)
 * instance retrieval: ``holidays_map(emb, groups, queries=None, ap="trapezoid")``,
   ``instance_map(query, gallery, query_labels, gallery_labels, exclude=None, ...)``,
+  ``listed_map(query, gallery, positives, junk=None)`` (per-query lists, junk ignored),
   ``ukbench_score(emb, groups=None)``, ``copy_recall(query, gallery, query_to_gallery, ks)``
 * alignment: ``alignment_metrics(assignment, truth, lengths=None, groups=None)``
 """
 
 from .alignment import alignment_metrics
-from .instance import copy_recall, holidays_map, instance_map, trapezoid_ap, ukbench_score
+from .instance import copy_recall, holidays_map, instance_map, listed_map, trapezoid_ap, ukbench_score
 from .multilabel import average_precision, multilabel_class_ap, multilabel_map, multilabel_topk
 from .retrieval import (
                         coco_retrieval,
@@ -31,7 +32,7 @@ from .retrieval import (
 )
 
 __all__ = [
-    "alignment_metrics", "copy_recall", "holidays_map", "instance_map", "trapezoid_ap",
+    "alignment_metrics", "copy_recall", "holidays_map", "instance_map", "listed_map", "trapezoid_ap",
     "ukbench_score", "average_precision", "multilabel_class_ap", "multilabel_map", "multilabel_topk",
     "coco_retrieval", "label_ranks", "recall_summary", "retrieval_metrics", "retrieval_ranks", "target_ranks",
 ]

@@ -50,13 +50,22 @@ def instance_map(query, gallery, query_labels, gallery_labels, exclude=None,
           else torch.as_tensor(exclude, device=q.device).long().reshape(-1))
     if len(ex) != len(q) or (ex >= len(g)).any() or (ex < -1).any():
         raise ValueError(f"exclude must hold one gallery index in [-1, {len(g)}) per query")
-    aps = []
-    for a, s in score_blocks(q, g, block):
-        b = a + len(s)
+    def relevance(a, b):
         rel = ql[a:b, None] == gl[None, :]
         valid = torch.ones_like(rel)
         rows = (ex[a:b] >= 0).nonzero().reshape(-1)
         valid[rows, ex[a:b][rows]] = False
+        return rel, valid
+
+    return _map_over(q, g, relevance, ap, ties, block)
+
+
+def _map_over(q, g, relevance, ap, ties, block) -> dict:
+    """mAP of ranked rows: ``relevance(a, b)`` gives the (relevant, valid) masks of queries
+    a..b-1; queries with no relevant item are left out."""
+    aps = []
+    for a, s in score_blocks(q, g, block):
+        rel, valid = relevance(a, a + len(s))
         ranked = ranked_relevance(s, rel, ties, valid)
         aps.append(trapezoid_ap(ranked) if ap == "trapezoid" else ranked_ap(ranked))
     aps = torch.cat(aps)
@@ -64,6 +73,33 @@ def instance_map(query, gallery, query_labels, gallery_labels, exclude=None,
     if not counted.any():
         raise ValueError("no query has a relevant gallery item")
     return {"map": pct(aps[counted].mean()), "num_queries": float(counted.sum())}
+
+
+def _index_lists(lists, num_queries: int, size: int, name: str, device) -> torch.Tensor:
+    if len(lists) != num_queries:
+        raise ValueError(f"{name} must hold one index list per query ({num_queries}), got {len(lists)}")
+    mask = torch.zeros(num_queries, size, dtype=torch.bool, device=device)
+    for i, items in enumerate(lists):
+        idx = torch.as_tensor(items, dtype=torch.long, device=device).reshape(-1)
+        if len(idx) and (idx.min() < 0 or idx.max() >= size):
+            raise ValueError(f"{name}[{i}]: indices must be in [0, {size}), got {idx.min()}..{idx.max()}")
+        mask[i, idx] = True
+    return mask
+
+
+def listed_map(query, gallery, positives, junk=None, ap: str = "trapezoid", ties: str = "pessimistic",
+               block: int = DEFAULT_BLOCK) -> dict:
+    """mAP where each query lists its relevant gallery items (``positives[q]``: gallery
+    indices) and the items to ignore (``junk[q]``: removed from its ranking, as in the
+    revisited Oxford/Paris protocol). Queries with no positive are left out."""
+    check_ties(ties)
+    if ap not in AP_KINDS:
+        raise ValueError(f"ap must be one of {AP_KINDS}, got {ap!r}")
+    q = embeddings(query, "query")
+    g = embeddings(gallery, "gallery").to(q.device)
+    pos = _index_lists(positives, len(q), len(g), "positives", q.device)
+    ok = ~_index_lists(junk, len(q), len(g), "junk", q.device) if junk is not None else torch.ones_like(pos)
+    return _map_over(q, g, lambda a, b: (pos[a:b], ok[a:b]), ap, ties, block)
 
 
 def holidays_map(embeddings_, groups, queries=None, ap: str = "trapezoid",

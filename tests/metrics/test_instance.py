@@ -95,3 +95,22 @@ def test_metrics_follow_the_device(device):
         want = fn(*args)
         got = fn(*[a.to(device) for a in args])
         assert got == pytest.approx(want), fn.__name__
+
+
+def test_listed_map_hand_case_with_junk():
+    from fusedembed.metrics import listed_map
+    q = torch.tensor([[1.0, 0.0]])
+    # gallery scores 0.9, 0.8, 0.7, 0.6: ranking 0, 1, 2, 3
+    g = torch.tensor([[0.9, 0.1], [0.8, 0.1], [0.7, 0.1], [0.6, 0.1]])
+    # positives 1 and 3; junk 2: ranking without junk is 0, 1, 3 -> positives at 1 and 2
+    out = listed_map(q, g, positives=[[1, 3]], junk=[[2]])
+    ap = ((0 / 1 + 1 / 2) / 2 + (1 / 2 + 2 / 3) / 2) / 2
+    assert out["map"] == pytest.approx(100 * ap)
+    # without junk, 3 is at position 3: (1/2 + 2/4... trapezoid (1/3 + 2/4)/2
+    out = listed_map(q, g, positives=[[1, 3]])
+    assert out["map"] == pytest.approx(100 * ((0 / 1 + 1 / 2) / 2 + (1 / 3 + 2 / 4) / 2) / 2)
+    # a query with no positive is left out
+    out = listed_map(torch.cat([q, q]), g, positives=[[1, 3], []], junk=[[2], []])
+    assert out["num_queries"] == 1 and out["map"] == pytest.approx(100 * ap)
+    with pytest.raises(ValueError, match="positives\\[0\\]"):
+        listed_map(q, g, positives=[[4]])
