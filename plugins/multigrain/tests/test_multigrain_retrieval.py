@@ -9,7 +9,7 @@ import torch
 from fusedembed_multigrain.retrieval import Copydays, Holidays, Revisited, UKBench, evaluate, knn
 from PIL import Image
 
-from fusedembed.data import ImageReadError
+from fusedembed.data import DataError, ImageReadError
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200)]
 
@@ -114,6 +114,9 @@ def test_missing_folders_are_named(tmp_path):
     from fusedembed_multigrain.retrieval import read_rotations
     with pytest.raises(ValueError, match="multiple of 90"):
         read_rotations(tmp_path / "r.json")
+    (tmp_path / "r.yaml").write_bytes(b"# \xe9t\xe9\n100001.jpg: 90\n")          # Latin-1, not UTF-8
+    with pytest.raises(DataError, match=r"r\.yaml:line 1: not UTF-8 text: byte 2 \(0xe9\)"):
+        read_rotations(tmp_path / "r.yaml")
 
 
 def test_unreadable_images_are_named(tmp_path):

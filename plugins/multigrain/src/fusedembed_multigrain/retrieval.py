@@ -30,7 +30,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from fusedembed.data import load_image
+from fusedembed.data import load_image, read_text
 from fusedembed.index import build_index
 from fusedembed.metrics import holidays_map, instance_map, listed_map, ukbench_score
 
@@ -80,7 +80,7 @@ def knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, index: str = "exac
 # -- Holidays ----------------------------------------------------------------------------
 
 def read_rotations(path) -> Dict[str, int]:
-    text = Path(path).expanduser().read_text()
+    text = read_text(path)
     try:
         table = json.loads(text)
     except json.JSONDecodeError:
