@@ -360,12 +360,13 @@ def check_components(found, registries: Registries) -> List[str]:
     problems = []
     for where, kind, cfg in found:
         registry = registries[kind]
-        issues = registry.check(cfg, runtime=KINDS[kind].runtime, where=where)
-        problems += issues
-        if issues:
+        problems += registry.check(cfg, runtime=KINDS[kind].runtime, where=where)
+        try:
+            factory = registry.get(cfg["name"]).target
+        except RegistryError:       # an unknown name, reported: no arguments to check against
             continue
-        nested = _Validator()
-        for arg, tp in _annotations(registry.get(cfg["name"]).target).items():
+        nested = _Validator()       # also beside an unknown argument: all problems at once
+        for arg, tp in _annotations(factory).items():
             if arg in cfg:
                 nested.check(cfg[arg], tp, f"{where}.{arg}")
         problems += nested.problems + check_components(nested.components, registries)

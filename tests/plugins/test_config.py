@@ -335,3 +335,9 @@ def test_scalar_arguments_of_factories_are_type_checked(write, registries):
         "model.widths[1]: expected int, got str 'x'", "model.lists.a: expected str, got int 1"]
     assert check_components([("model", "model", {"name": "toy", "width": 1, "widths": "12"})], toy) == [
         "model.widths: expected a list, got str '12'"]
+    # A wrong type is reported beside an unknown argument (it was hidden until that was fixed).
+    assert check_components([("model", "model", {"name": "toy", "width": "x", "wdith": 3})], toy) == [
+        "model: model 'toy' has no argument 'wdith' (did you mean 'width'?). It accepts: width, scale, flip, "
+        "mode, sizes, limit, tag, extra, either, count, widths, lists", "model.width: expected int, got str 'x'"]
+    assert check_components([("model", "model", {"name": "toyy", "width": "x"})], toy) == [
+        "model: unknown model 'toyy' (did you mean 'toy'?). Registered models: toy."]
