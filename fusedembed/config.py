@@ -44,11 +44,27 @@ class _AliasLimit(yaml.YAMLError):
     """Merge keys (``<<: *anchor``) copied more than MAX_ALIASED_NODES entries."""
 
 
+class _TooDeep(yaml.YAMLError):
+    """Collections nested more than MAX_DEPTH levels."""
+
+
 class _Loader(yaml.SafeLoader):
     """Safe YAML that reads ``1e-4`` as a float (YAML 1.2, not 1.1's string), rejects
     duplicate keys instead of silently keeping the last, and bounds merge keys."""
 
     merged = 0      # mapping entries copied by merge keys so far in this document
+    depth = 0
+
+    def compose_node(self, parent, index):
+        # PyYAML composes (and later code merges, checks and dumps) nested collections by
+        # recursion: 500 levels of "[" (1 KB) ended `recipe show` in a RecursionError.
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise _TooDeep()
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def flatten_mapping(self, node):
         # Every mapping passes here before it is built (and each merged one when merged).
@@ -94,6 +110,7 @@ _Loader.add_implicit_resolver(
 # and dumping would expand. Past this many nodes, counted with the repeats, a recipe that uses
 # aliases is refused (one without aliases is as large as its file, and is not limited).
 MAX_ALIASED_NODES = 100_000
+MAX_DEPTH = 100     # nesting levels of a recipe (those of the packages nest 5 or 6)
 
 
 def check_expansion(data, where: str) -> None:
@@ -111,6 +128,10 @@ def check_expansion(data, where: str) -> None:
             stack.extend(node.values() if isinstance(node, dict) else node)
         if aliased and count > MAX_ALIASED_NODES:
             raise _too_large(where)
+
+
+def _too_deep(where: str) -> "RecipeError":
+    return RecipeError(f"{where}: YAML nested more than {MAX_DEPTH} levels deep")
 
 
 def _too_large(where: str) -> "RecipeError":
@@ -131,6 +152,8 @@ def read_yaml(path) -> dict:
         raise RecipeError(f"cannot read {path}: {err.strerror}") from None
     except _AliasLimit:
         raise _too_large(str(path)) from None
+    except _TooDeep:
+        raise _too_deep(str(path)) from None
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: invalid YAML: {err}") from None
     check_expansion(data, str(path))
@@ -205,6 +228,8 @@ def parse_override(text: str) -> Tuple[List[str], Any]:
         parsed = parse_value(value)
     except _AliasLimit:
         raise _too_large(f"override {key.strip()}") from None
+    except _TooDeep:
+        raise _too_deep(f"override {key.strip()}") from None
     except yaml.YAMLError as err:
         raise RecipeError(f"override {text!r}: the value is not valid YAML: {err}") from None
     check_expansion(parsed, f"override {key.strip()}")

@@ -308,6 +308,17 @@ def test_merge_keys_are_bounded(write, registries):
         load_tree(write("base.yaml", BASE), ["extra={" + ", ".join(chain) + "}"])
 
 
+def test_nesting_depth_is_bounded(write, registries):
+    # 500 levels of "[" (1 KB) ended in a RecursionError traceback; 60 levels stay fine.
+    tree = load_tree(write("ok.yaml", with_base("extra: " + "[" * 60 + "1" + "]" * 60 + "\n")))
+    assert str(tree["extra"]) == "[" * 60 + "1" + "]" * 60
+    path = write("deep.yaml", with_base("extra: " + "[" * 500 + "]" * 500 + "\n"))
+    with pytest.raises(RecipeError, match=rf"^{path}: YAML nested more than 100 levels deep$"):
+        load_tree(path)
+    with pytest.raises(RecipeError, match=r"^override extra: YAML nested more than 100 levels deep$"):
+        load_tree(write("base.yaml", BASE), ["extra=" + "{a: " * 200 + "1" + "}" * 200])
+
+
 def test_scalar_arguments_of_factories_are_type_checked(write, registries):
     with pytest.raises(RecipeError) as err:
         load_recipe(write("base.yaml", BASE), ["model.backbone.width=eight", "model.backbone.gem_p=x"])                    # `width=eight` passed `config show`
