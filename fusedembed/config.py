@@ -7,7 +7,8 @@ starts afresh: the keys of one backbone (or optimizer) never leak into another. 
 checked against :class:`fusedembed.recipe.Recipe`, and every component against the factory it
 names (argument names, and the values of arguments it annotates with a scalar type); all
 problems are reported together. YAML aliases and merge keys (``<<: *anchor``) may not expand
-a file (or an override) past ``MAX_ALIASED_NODES`` nodes.
+a file (or an override) past ``MAX_ALIASED_NODES`` nodes, nor may it nest past ``MAX_DEPTH``
+levels.
 """
 
 import collections.abc

@@ -2,11 +2,13 @@ import pytest
 import torch
 
 from fusedembed.metrics import accuracy_from_ranks, class_ranks, topk_accuracy
+from fusedembed.testing import cpu_and_cuda
 
 
-def test_top_k_accuracy_by_hand():
-    scores = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
-    labels = torch.tensor([1, 1, 0, 2])           # ranks 1, 2, 3, 3
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_top_k_accuracy_by_hand(device):
+    scores = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]], device=device)
+    labels = torch.tensor([1, 1, 0, 2])           # ranks 1, 2, 3, 3 (labels may stay on the CPU)
     assert class_ranks(scores, labels).tolist() == [1, 2, 3, 3]
     assert topk_accuracy(scores, labels, ks=(1, 2, 3, 5)) == {"top1": 25.0, "top2": 50.0, "top3": 100.0,
                                                               "top5": 100.0}
