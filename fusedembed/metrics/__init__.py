@@ -17,9 +17,12 @@ level or below, never perfect; ``ties="optimistic"`` gives the other bound.
   ``listed_map(query, gallery, positives, junk=None)`` (per-query lists, junk ignored),
   ``ukbench_score(emb, groups=None)``, ``copy_recall(query, gallery, query_to_gallery, ks)``
 * alignment: ``alignment_metrics(assignment, truth, lengths=None, groups=None)``
+* classification: ``topk_accuracy(scores, labels, ks=(1, 5), ties)``, ``class_ranks(scores,
+  labels, ties)`` and ``accuracy_from_ranks(ranks, ks)`` (ranks gathered over batches)
 """
 
 from .alignment import alignment_metrics
+from .classification import accuracy_from_ranks, class_ranks, topk_accuracy
 from .instance import copy_recall, holidays_map, instance_map, listed_map, trapezoid_ap, ukbench_score
 from .multilabel import average_precision, multilabel_class_ap, multilabel_map, multilabel_topk
 from .retrieval import (
@@ -32,7 +35,7 @@ from .retrieval import (
 )
 
 __all__ = [
-    "alignment_metrics", "copy_recall", "holidays_map", "instance_map", "listed_map", "trapezoid_ap",
+    "alignment_metrics", "accuracy_from_ranks", "class_ranks", "topk_accuracy", "copy_recall", "holidays_map", "instance_map", "listed_map", "trapezoid_ap",
     "ukbench_score", "average_precision", "multilabel_class_ap", "multilabel_map", "multilabel_topk",
     "coco_retrieval", "label_ranks", "recall_summary", "retrieval_metrics", "retrieval_ranks", "target_ranks",
 ]

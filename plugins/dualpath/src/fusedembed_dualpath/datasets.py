@@ -12,7 +12,15 @@ from typing import Dict, Optional
 
 import torch
 
-from fusedembed.data import DataError, ImageCaptionDataset, Vocab, karpathy, read_text, tokenize
+from fusedembed.data import (
+    DataError,
+    ImageCaptionDataset,
+    Vocab,
+    karpathy,
+    normalize_token,
+    read_text,
+    tokenize,
+)
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
@@ -143,7 +151,7 @@ def cuhk_pedes(split: str, json_path: str, image_root: str, image_size: int = 22
             raise DataError(json_path, f"[{k}]", "needs 'file_path' (str), 'captions' (list), 'id' and 'split'")
         tokens = r.get("processed_tokens") or [tokenize(c) for c in r["captions"]]
         rows.append((r["split"], os.path.join(image_root, r["file_path"]), (str(json_path), f"[{k}]"),
-                     r["captions"], [[t.lower() for t in s] for s in tokens], r["id"]))
+                     r["captions"], [[normalize_token(t) for t in s] for s in tokens], r["id"]))
     vocab = shared_vocab(vocab_path, lambda: Vocab.build([t for row in rows if row[0] == "train" for t in row[4]],
                                                          min_count=min_count))
     chosen = [row for row in rows if row[0] == split]
