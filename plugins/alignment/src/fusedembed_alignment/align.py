@@ -43,3 +43,30 @@ def snippets(regions: torch.Tensor, words: torch.Tensor, assignment: torch.Tenso
             row.append(Snippet(int(start), int(end), int(region), score, text))
         out.append(row)
     return out
+
+
+COLOURS = ("red", "blue", "green", "orange", "purple", "brown", "magenta", "cyan")
+
+
+def draw_snippets(image, boxes: torch.Tensor, runs: Sequence[Snippet], min_side: int = 256):
+    """A PIL picture of ``image`` (float CHW in [0, 1]) with each snippet's region outlined and
+    labelled by its words (region 0, the whole image, outlines the frame); the picture is
+    scaled up so its short side is at least ``min_side``, the text listed below it."""
+    from PIL import Image, ImageDraw
+
+    H, W = image.shape[1:]
+    scale = max(1, -(-min_side // min(H, W)))
+    pixels = (image.clamp(0, 1) * 255).byte().permute(1, 2, 0).cpu().numpy()
+    picture = Image.fromarray(pixels).resize((W * scale, H * scale), Image.NEAREST)
+    sheet = Image.new("RGB", (W * scale, H * scale + 14 * len(runs) + 6), "white")
+    sheet.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(sheet)
+    for k, snip in enumerate(runs):
+        colour = COLOURS[k % len(COLOURS)]
+        box = [0, 0, W * scale - 1, H * scale - 1] if snip.region == 0 else \
+            (boxes[snip.region - 1].float() * scale).tolist()
+        draw.rectangle(box, outline=colour, width=2)
+        draw.text((box[0] + 3, box[1] + 2), str(k + 1), fill=colour)
+        where = "whole image" if snip.region == 0 else f"box {snip.region - 1}"
+        draw.text((3, H * scale + 3 + 14 * k), f"{k + 1}. {snip.words}  ({where}, {snip.score:.2f})", fill=colour)
+    return sheet

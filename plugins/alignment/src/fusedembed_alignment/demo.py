@@ -30,7 +30,7 @@ from fusedembed import build, load_recipe
 from fusedembed.devices import resolve_device
 from fusedembed.metrics import alignment_metrics, chance_retrieval_metrics
 
-from .align import decode, snippets
+from .align import decode, draw_snippets, snippets
 from .evaluator import RetrievalEvaluator, encode
 
 RECIPE = "alignment/scenes"
@@ -138,32 +138,23 @@ def beta_plot(rows, near, chance, path: Path) -> Path:
     return path
 
 
-def snippet_picture(test_set, enc: dict, beta: float, path: Path, count: int = 6, scale: int = 4) -> Path:
-    """The first ``count`` test images, each with its first caption's snippets drawn on their boxes."""
-    from PIL import Image, ImageDraw
+def snippet_picture(test_set, enc: dict, beta: float, path: Path, count: int = 6) -> Path:
+    """The first ``count`` test images side by side, each with its first caption's snippets
+    drawn on their boxes."""
+    from PIL import Image
 
     g = enc["caption_to_image"]
     first = [int((g == i).nonzero()[0]) for i in range(min(count, test_set.num_images))]
     regions, counts, words, lengths = (t[first] for t in pair_tensors(enc))
     assignment, _ = decode(regions, words, beta, counts, lengths)
     texts = [test_set.vocab.decode(test_set.tokens_of(j).tolist()) for j in first]
-    runs = snippets(regions, words, assignment, texts)
-    size = test_set.image_size * scale
-    sheet = Image.new("RGB", (len(first) * (size + 10), size + 90), "white")
-    colours = ["red", "blue", "green", "orange", "purple", "brown", "magenta", "cyan"]
-    for n, i in enumerate(range(len(first))):
-        img = Image.fromarray(test_set.image_array(int(g[first[i]]))).resize((size, size), Image.NEAREST)
-        draw = ImageDraw.Draw(img)
-        boxes = test_set.boxes(int(g[first[i]])) * scale
-        labels = ImageDraw.Draw(sheet)
-        for k, snip in enumerate(runs[i]):
-            colour = colours[k % len(colours)]
-            if snip.region == 0:
-                draw.rectangle([0, 0, size - 1, size - 1], outline=colour, width=2)
-            else:
-                draw.rectangle(boxes[snip.region - 1].tolist(), outline=colour, width=2)
-            labels.text((n * (size + 10), size + 4 + 12 * k), f"{snip.words} [{snip.region}]", fill=colour)
-        sheet.paste(img, (n * (size + 10), 0))
+    tiles = [draw_snippets(test_set.load_image(int(g[j])), test_set.boxes(int(g[j])), runs)
+             for j, runs in zip(first, snippets(regions, words, assignment, texts))]
+    sheet = Image.new("RGB", (sum(t.width + 10 for t in tiles), max(t.height for t in tiles)), "white")
+    x = 0
+    for tile in tiles:
+        sheet.paste(tile, (x, 0))
+        x += tile.width + 10
     sheet.save(path)
     return path
 
