@@ -58,7 +58,11 @@ def draw_snippets(image, boxes: torch.Tensor, runs: Sequence[Snippet], min_side:
     scale = max(1, -(-min_side // min(H, W)))
     pixels = (image.clamp(0, 1) * 255).byte().permute(1, 2, 0).cpu().numpy()
     picture = Image.fromarray(pixels).resize((W * scale, H * scale), Image.NEAREST)
-    sheet = Image.new("RGB", (W * scale, H * scale + 14 * len(runs) + 6), "white")
+    lines = [f"{k + 1}. {snip.words}  ({'whole image' if snip.region == 0 else f'box {snip.region - 1}'}, "
+             f"{snip.score:.2f})" for k, snip in enumerate(runs)]
+    # The default bitmap font is about 6 px a character: room for the longest line.
+    width = max([W * scale] + [6 * len(line) + 6 for line in lines])
+    sheet = Image.new("RGB", (width, H * scale + 14 * len(runs) + 6), "white")
     sheet.paste(picture, (0, 0))
     draw = ImageDraw.Draw(sheet)
     for k, snip in enumerate(runs):
@@ -67,6 +71,5 @@ def draw_snippets(image, boxes: torch.Tensor, runs: Sequence[Snippet], min_side:
             (boxes[snip.region - 1].float() * scale).tolist()
         draw.rectangle(box, outline=colour, width=2)
         draw.text((box[0] + 3, box[1] + 2), str(k + 1), fill=colour)
-        where = "whole image" if snip.region == 0 else f"box {snip.region - 1}"
-        draw.text((3, H * scale + 3 + 14 * k), f"{k + 1}. {snip.words}  ({where}, {snip.score:.2f})", fill=colour)
+        draw.text((3, H * scale + 3 + 14 * k), lines[k], fill=colour)
     return sheet
