@@ -3,6 +3,8 @@ import torch
 from fusedembed_alignment.model import BRNN, AlignmentModel
 from fusedembed_alignment.score import RankingLoss, alignment_scores
 
+from fusedembed.testing import cpu_and_cuda
+
 
 def brute_scores(regions, words, num_regions, lengths):
     K, L = len(regions), len(words)
@@ -171,3 +173,26 @@ def test_model_regions(mode):
     moved = model(batch)["regions"]
     assert not torch.allclose(moved[0, 2], out["regions"][0, 2])
     torch.testing.assert_close(moved[0, [0, 1, 3]], out["regions"][0, [0, 1, 3]])
+
+
+def test_every_parameter_takes_part():
+    # DDP (without find_unused_parameters) needs a gradient for every parameter.
+    torch.manual_seed(0)
+    batch = {"image": torch.rand(2, 3, 32, 32), "boxes": torch.tensor([[[0, 0, 16, 16]], [[4, 4, 20, 20]]]).float(),
+             "num_objects": torch.tensor([1, 1]), "tokens": torch.tensor([[2, 3], [4, 0]]), "lengths": torch.tensor([2, 1])}
+    for mode, recurrent in (("roi", True), ("crop", True), ("roi", False)):
+        model = AlignmentModel({"name": "tiny_cnn", "width": 4, "depth": 2}, vocab_size=6, hidden=5, word_dim=3,
+                               region_mode=mode, crop_size=16, recurrent=recurrent)
+        out = model(batch)
+        RankingLoss(margin=100.0)(out["regions"], out["words"], out["num_regions"], out["lengths"]).backward()
+        unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not unused, (mode, recurrent, unused)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_scores_on_the_device_match_the_cpu(device):
+    regions, words, nr, ln = _inputs(D=8)
+    ref = alignment_scores(regions.detach(), words.detach(), nr, ln)
+    got = alignment_scores(regions.detach().to(device), words.detach().to(device), nr.to(device), ln.to(device),
+                           max_elements=100)
+    torch.testing.assert_close(got.cpu(), ref)

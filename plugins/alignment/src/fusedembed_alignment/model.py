@@ -80,8 +80,9 @@ class BRNN(nn.Module):
             self.embed.weight.data.copy_(word_vectors)
             self.embed.weight.requires_grad_(False)    # the paper keeps word2vec fixed
         self.W_e = nn.Linear(word_dim, hidden)
-        self.W_f = nn.Linear(hidden, hidden)
-        self.W_b = nn.Linear(hidden, hidden)
+        if recurrent:
+            self.W_f = nn.Linear(hidden, hidden)
+            self.W_b = nn.Linear(hidden, hidden)
         self.W_d = nn.Linear(hidden, hidden)
         self.drop = nn.Dropout(dropout)
         self.hidden, self.recurrent = hidden, recurrent
@@ -147,17 +148,19 @@ class AlignmentModel(nn.Module):
             raise ValueError("alignment: word2vec_path and vocab_path go together (the vectors are "
                              f"looked up by the vocabulary's words), got word2vec_path={word2vec_path!r}, "
                              f"vocab_path={vocab_path!r}")
-        self.backbone = fusedembed.build("backbone", backbone)
+        cnn = fusedembed.build("backbone", backbone)
         self.region_mode, self.max_boxes = region_mode, int(max_boxes)
         self.crop_size, self.roi_size = int(crop_size), int(roi_size)
         if region_mode == "roi":
-            self.trunk = _trunk(self.backbone)
+            # Only the trunk is kept: DDP needs every parameter to take part in the loss.
+            self.trunk = _trunk(cnn)
             with torch.no_grad():
                 was = self.trunk.training
                 channels = self.trunk.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
                 self.trunk.train(was)
         else:
-            channels = self.backbone.out_dim
+            self.backbone = cnn
+            channels = cnn.out_dim
         self.W_m = nn.Linear(channels, hidden)
         self.drop = nn.Dropout(dropout)
         vectors = None
