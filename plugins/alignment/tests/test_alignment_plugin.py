@@ -119,3 +119,16 @@ def test_trains_on_scenes_and_aligns_a_new_image(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "1 snippets (beta 100" in printed and "'a big red circle'" in printed   # one run at large beta
     assert Image.open(tmp_path / "snip.png").size[0] >= 256
+
+
+def test_vocab_command_keeps_training_words_seen_min_count_times(tmp_path, capsys):
+    from fusedembed.data import Vocab
+    from fusedembed_alignment.__main__ import main
+
+    images = [{"filename": "a.jpg", "split": "train", "sentences": [{"tokens": ["A", "dog"]}, {"raw": "a cat"}]},
+              {"filename": "b.jpg", "split": "test", "sentences": [{"tokens": ["dog", "dog", "zebra"]}]}]
+    (tmp_path / "d.json").write_text(json.dumps({"images": images}))
+    assert main(["vocab", str(tmp_path / "d.json"), str(tmp_path / "v.txt"), "--min-count", "2"]) == 0
+    assert Vocab.load(tmp_path / "v.txt").itos == ["<pad>", "<unk>", "a"]   # test captions not counted
+    with pytest.raises(SystemExit, match="--boxes: expected 4 numbers per box"):
+        main(["align", "m.pt", "--image", "x.png", "--boxes", "1,2,3", "--sentence", "a"])
