@@ -122,8 +122,9 @@ def test_trains_on_scenes_and_aligns_a_new_image(tmp_path, capsys):
 
 
 def test_vocab_command_keeps_training_words_seen_min_count_times(tmp_path, capsys):
-    from fusedembed.data import Vocab
     from fusedembed_alignment.__main__ import main
+
+    from fusedembed.data import Vocab
 
     images = [{"filename": "a.jpg", "split": "train", "sentences": [{"tokens": ["A", "dog"]}, {"raw": "a cat"}]},
               {"filename": "b.jpg", "split": "test", "sentences": [{"tokens": ["dog", "dog", "zebra"]}]}]
