@@ -52,10 +52,11 @@ from .image_captions import ImageCaptionDataset, caption_folder, karpathy
 from .image_io import ImageReadError, SkipsUnreadable, check_image, load_image
 from .scene_dataset import ScenesDataset, ensure_split, scene_vocab, scenes
 from .vocab import PAD_ID, UNK_ID, Vocab, normalize_token, tokenize
+from .word_vectors import embedding_matrix, read_word_vectors
 
 __all__ = [
     "collate", "DataError", "SkipLog", "read_text", "text_lines", "ImageCaptionDataset", "caption_folder",
     "karpathy", "ImageReadError", "SkipsUnreadable", "check_image", "load_image",
     "ScenesDataset", "ensure_split", "scene_vocab", "scenes", "PAD_ID", "UNK_ID", "Vocab",
-    "tokenize", "normalize_token",
+    "tokenize", "normalize_token", "read_word_vectors", "embedding_matrix",
 ]
