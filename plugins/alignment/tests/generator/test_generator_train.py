@@ -1,0 +1,111 @@
+"""The generator learns, its recipes build and train through the trainer, its region data."""
+
+import json
+
+import pytest
+import torch
+from fusedembed_alignment.generator.baseline import consensus_caption, nearest_neighbour_captions
+from fusedembed_alignment.generator.datasets import RegionSnippets, read_snippets, truth_snippets
+from fusedembed_alignment.generator.evaluator import CaptionEvaluator, describe, references
+from fusedembed_alignment.generator.metrics import bleu, ptb_tokenize
+from fusedembed_alignment.generator.model import CaptionNLL, MultimodalRNN
+
+from fusedembed import build, load_recipe
+from fusedembed.data import collate, scenes
+
+
+@pytest.fixture(scope="module")
+def scenes_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("scenes")
+
+
+def test_overfits_20_captions_to_bleu4_above_0_9(scenes_root):
+    ds = scenes("train", root=scenes_root, num_images=20, view="pair", progress=False, workers=1, image_size=32)
+    items = [ds[j] for j in range(0, ds.num_captions, 5)]           # caption 0 of each of the 20 images
+    batch = collate(items)
+    torch.manual_seed(0)
+    model = MultimodalRNN({"name": "tiny_cnn", "width": 8, "depth": 3}, vocab_size=len(ds.vocab), hidden=128,
+                          dropout=0.0)
+    opt = torch.optim.RMSprop(model.parameters(), lr=3e-3, alpha=0.99)
+    loss_fn = CaptionNLL()
+    for _ in range(250):
+        loss = loss_fn(**model(batch))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_value_(model.parameters(), 5.0)
+        opt.step()
+    model.eval()
+    ids, lengths, _ = model.generate(batch["image"], beam_size=1)
+    hyps = {k: " ".join(ds.vocab.decode(ids[k, :lengths[k]].tolist())) for k in range(20)}
+    refs = {k: [ptb_tokenize(it["caption"])] for k, it in enumerate(items)}
+    assert bleu(refs, hyps)[3] > 0.9, (hyps, refs)
+
+
+def test_scenes_recipe_trains_through_the_trainer_and_evaluates(scenes_root, tmp_path):
+    from fusedembed.trainer import train
+
+    recipe = load_recipe("alignment/generator_scenes", [
+        f"data.train.root={scenes_root}", "data.train.num_images=30", f"data.val.root={scenes_root}",
+        "data.val.num_images=10", "data.val.train_images=30", "data.train.workers=1",
+        "trainer.max_steps=3", "trainer.batch_size=20", "trainer.epochs=1", "model.hidden=32",
+        "model.image_backbone.width=8", "trainer.device=cpu", "model.vocab_size=76"])
+    metrics = train(recipe, tmp_path, out=lambda _: None)
+    assert {"BLEU-4", "CIDEr-D", "ROUGE-L"} <= set(metrics)
+    assert (tmp_path / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("name", ["generator_scenes", "generator_scenes_regions", "generator_flickr8k",
+                                  "generator_flickr30k", "generator_coco"])
+def test_recipes_load(name):
+    recipe = load_recipe(f"alignment/{name}")
+    assert recipe.trainer.optimizer.name == "rmsprop" and recipe.trainer.optimizer.alpha == 0.999
+    assert recipe.trainer.batch_size == 100 and recipe.trainer.grad_clip_value == 5.0
+    if "scenes" in name:
+        assert isinstance(build("model", recipe.model), MultimodalRNN)
+
+
+def test_truth_snippets_are_runs_of_words_on_their_object(scenes_root):
+    base = scenes("test", root=scenes_root, num_images=8, progress=False, workers=1, train_images=30)
+    records = truth_snippets(base)
+    assert records
+    for rec in records[:40]:
+        i = rec["image"]
+        boxes = base.boxes(i).tolist()
+        assert rec["box"] in boxes and rec["snippet"]
+        # The snippet is a contiguous run of one of the image's captions.
+        assert any(f" {rec['snippet']} " in f" {' '.join(base.vocab.decode(base.tokens_of(j).tolist()))} "
+                   for j in base.captions_of(i))
+    regions = RegionSnippets(base, records, crop_size=16, view="image")
+    item = regions[0]
+    assert item["image"].shape == (3, 16, 16) and item["caption"] in regions.texts
+
+
+def test_snippets_file_round_trip_and_errors(scenes_root, tmp_path):
+    base = scenes("test", root=scenes_root, num_images=8, progress=False, workers=1, train_images=30)
+    records = truth_snippets(base)
+    path = tmp_path / "snippets.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert read_snippets(path) == records
+    path.write_text('{"image": 0, "box": [5, 5, 2, 9], "snippet": "a red circle"}\n')
+    with pytest.raises(Exception, match=r"line 1.*x1 > x0 and y1 > y0, got \[5.0, 5.0, 2.0, 9.0\]"):
+        read_snippets(path)
+
+
+def test_consensus_caption_and_nearest_neighbour(scenes_root):
+    assert consensus_caption(["a red circle", "a red circle left of a square", "two blue squares"]) in (
+        "a red circle", "a red circle left of a square")
+    from fusedembed.trainer import eval_loader
+
+    train_set = scenes("train", root=scenes_root, num_images=30, view="image", progress=False, workers=1)
+    torch.manual_seed(0)
+    model = MultimodalRNN({"name": "tiny_cnn", "width": 8, "depth": 2}, vocab_size=len(train_set.vocab), hidden=16)
+    recipe = load_recipe("alignment/generator_scenes")
+    loader = eval_loader(train_set, recipe)
+    # Every training image's nearest neighbour among the training images is itself.
+    nn_caps = nearest_neighbour_captions(model, loader, loader, device="cpu")
+    refs = references(train_set)
+    assert all(nn_caps[i] in refs[i] for i in refs)
+    hyps = describe(model, loader, device="cpu", beam_size=2, max_len=5)
+    assert sorted(hyps) == sorted(refs)
+    scores = CaptionEvaluator(beam_size=2, max_len=5, meteor=False, prefix="beam2/")(model, loader, device="cpu")
+    assert set(scores) == {f"beam2/{k}" for k in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D")}
