@@ -109,3 +109,21 @@ def test_consensus_caption_and_nearest_neighbour(scenes_root):
     assert sorted(hyps) == sorted(refs)
     scores = CaptionEvaluator(beam_size=2, max_len=5, meteor=False, prefix="beam2/")(model, loader, device="cpu")
     assert set(scores) == {f"beam2/{k}" for k in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D")}
+
+
+def test_demo_runs_end_to_end_at_toy_size(scenes_root, tmp_path, monkeypatch):
+    from fusedembed_alignment.generator import demo
+
+    monkeypatch.setenv("FUSEDEMBED_DATA", str(scenes_root.parent / "demo_data"))
+    lines = []
+    results = demo.run(tmp_path / "run", train_images=20, test_images=6, epochs=1, meteor=False,
+                       overrides=["trainer.log_every=1000"], out=lines.append)
+    rows = ["greedy", "beam search, k = 3", "nearest neighbour (CNN features)"]
+    for kind in ("images", "regions"):
+        assert list(results[kind]) == rows
+        assert all(0 <= m["BLEU-4"] <= 1 and m["CIDEr-D"] >= 0 for m in results[kind].values())
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert report.count("| greedy |") == 2 and "nearest neighbour" in report
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "run" / "images_captions.png").is_file()
+    assert (tmp_path / "run" / "regions_captions.png").is_file()

@@ -5,7 +5,7 @@ BLEU-4 / CIDEr-D (and BLEU-1..3, ROUGE-L, METEOR when java is there) of greedy d
 search (k = 3) and the nearest-neighbour baseline, and draws test images with their generated
 captions and boxes with their region captions.
 
-    fusedembed demo generator [--run-dir runs/generator] [--train-images N] [--epochs E]
+    fusedembed demo generator [--run-dir runs/generator] [--train-images N] [--test-images N] [--epochs E]
 """
 
 import argparse
@@ -36,20 +36,21 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
-def recipe_for(kind: str, train_images, epochs, overrides):
+def recipe_for(kind: str, train_images=None, test_images=None, epochs=None, overrides=()):
+    """The kind's recipe with the demo's options (the region recipe's scenes sit under ``base``)."""
+    at = "" if kind == "images" else "base."
     extra = list(overrides)
     if epochs is not None:
         extra.append(f"trainer.epochs={epochs}")
     if train_images is not None:
-        key = "data.train.num_images" if kind == "images" else "data.train.base.num_images"
-        extra.append(f"{key}={train_images}")
-        for split in ("val", "test"):
-            key = f"data.{split}.train_images" if kind == "images" else f"data.{split}.base.train_images"
-            extra.append(f"{key}={train_images}")
+        extra.append(f"data.train.{at}num_images={train_images}")
+        extra += [f"data.{split}.{at}train_images={train_images}" for split in ("val", "test")]
+    if test_images is not None:
+        extra.append(f"data.test.{at}num_images={test_images}")
     return load_recipe(RECIPES[kind], extra)
 
 
-def evaluate_kind(recipe, run_dir: Path, device, out):
+def evaluate_kind(recipe, run_dir: Path, device, out, meteor: bool = True):
     """Trains one recipe, then {row name: scores} on its test split, and what the pictures need."""
     from fusedembed.trainer import eval_loader, load_model, train
 
@@ -69,7 +70,7 @@ def evaluate_kind(recipe, run_dir: Path, device, out):
     }
     rows, skipped = [], []
     for name, hyps in captions.items():
-        scores = caption_scores({i: refs[i] for i in hyps}, hyps)
+        scores = caption_scores({i: refs[i] for i in hyps}, hyps, use_meteor=meteor)
         skipped = scores.pop("skipped")
         rows.append((name, scores))
     return rows, skipped, captions, test_set, seconds
@@ -107,17 +108,17 @@ def _wrap(text: str, width: int = 42) -> str:
     return "\n".join(textwrap.wrap(text, width)) or "(empty)"
 
 
-def run(run_dir="runs/generator", train_images=None, epochs=None, overrides=(), out=print,
-        pictures: bool = True) -> dict:
+def run(run_dir="runs/generator", train_images=None, test_images=None, epochs=None, overrides=(), out=print,
+        pictures: bool = True, meteor: bool = True) -> dict:
     run_dir = Path(run_dir)
     if run_dir.exists() and any((run_dir / k / "config.yaml").is_file() for k in RECIPES):
         shutil.rmtree(run_dir)                    # an earlier demo run: start afresh
     results, texts = {}, []
     for kind in RECIPES:
-        recipe = recipe_for(kind, train_images, epochs, overrides)
+        recipe = recipe_for(kind, train_images, test_images, epochs, overrides)
         device = resolve_device(recipe.trainer.device, what="trainer.device")
         out(f"generator demo, {kind}: {RECIPES[kind]} on {device}, run directory {run_dir / kind}")
-        rows, skipped, captions, test_set, seconds = evaluate_kind(recipe, run_dir / kind, device, out)
+        rows, skipped, captions, test_set, seconds = evaluate_kind(recipe, run_dir / kind, device, out, meteor)
         what = "test images" if kind == "images" else "test boxes (region crops)"
         text = (f"{kind}: {test_set.num_images} {what}, {test_set.num_captions} references; BLEU, ROUGE-L, "
                 f"METEOR in %\n\n{table(rows)}\n\ntraining {seconds:.0f} s on {device}"
@@ -142,8 +143,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="fusedembed demo generator", description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", default="runs/generator", help="replaced when it holds an earlier run")
     p.add_argument("--train-images", type=int, default=None, help="scenes training images (default: the recipes')")
+    p.add_argument("--test-images", type=int, default=None, help="scenes test images (default: the recipes' 1000)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of each recipe (default: the recipes')")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides of both recipes")
     args = p.parse_args(argv)
-    run(args.run_dir, args.train_images, args.epochs, args.overrides, out=lambda line: print(line, flush=True))
+    run(args.run_dir, args.train_images, args.test_images, args.epochs, args.overrides, out=lambda line: print(line, flush=True))
     return 0

@@ -166,19 +166,21 @@ def meteor_available() -> str:
     return ""
 
 
+_METEOR = None
+
+
 def meteor(refs: Mapping[object, List[str]], hyps: Mapping[object, str]) -> float:
     """METEOR 1.5 through pycocoevalcap's jar (needs pycocoevalcap and java)."""
     _check(refs, hyps)
     why = meteor_available()
     if why:
         raise RuntimeError(why)
-    from pycocoevalcap.meteor.meteor import Meteor
+    global _METEOR
+    if _METEOR is None:
+        from pycocoevalcap.meteor.meteor import Meteor
 
-    scorer = Meteor()
-    try:
-        score, _ = scorer.compute_score({k: list(v) for k, v in refs.items()}, {k: [v] for k, v in hyps.items()})
-    finally:
-        del scorer
+        _METEOR = Meteor()           # one JVM for the process: starting one costs seconds
+    score, _ = _METEOR.compute_score({k: list(v) for k, v in refs.items()}, {k: [v] for k, v in hyps.items()})
     return float(score)
 
 
