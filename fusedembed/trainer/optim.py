@@ -1,8 +1,9 @@
 """Optimizers and LR schedules from the recipe's ``trainer`` section.
 
 Optimizers (``optimizer.name``): ``sgd`` (momentum, nesterov), ``adamw`` (betas, eps) and
-``rmsprop`` (alpha: the decay of the running mean of squared gradients, eps; no momentum:
-Karpathy & Fei-Fei's generator, alpha 0.999).
+``rmsprop`` (alpha: the decay of the running mean of squared gradients, eps; no momentum).
+That mean starts at 0, so with alpha near 1 the first updates are ~1/sqrt(1 - alpha) times
+the LR on every weight; a warm-up (``scheduler.warmup_epochs``) tempers them.
 
 Parameter groups: each model parameter takes the LR multiplier of the first ``lr_mult`` glob
 matching its name (1 when none does); multiplier 0 freezes it (``requires_grad=False``, not

@@ -1,4 +1,4 @@
-"""The RMSProp choice of the optimizer factory (Karpathy & Fei-Fei's generator trains with it)."""
+"""The RMSProp choice of the optimizer factory."""
 
 import pytest
 import torch

@@ -83,7 +83,7 @@ def picture(test_set, captions, path: Path, n: int = 6, regions: bool = False) -
     import matplotlib.pyplot as plt
 
     picks = torch.linspace(0, test_set.num_images - 1, n).round().long().tolist()
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 4.6))
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 5.2))
     for ax, r in zip(axes, picks):
         if regions:
             i, (x0, y0, x1, y1) = test_set.regions[r]
