@@ -127,3 +127,31 @@ def test_demo_runs_end_to_end_at_toy_size(scenes_root, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     assert (tmp_path / "run" / "images_captions.png").is_file()
     assert (tmp_path / "run" / "regions_captions.png").is_file()
+
+
+def test_karpathy_json_vocabulary_of_words_seen_5_times(tmp_path):
+    from PIL import Image
+
+    from fusedembed_alignment.generator.datasets import generator_karpathy
+
+    images = []
+    for k, split in enumerate(["train", "train", "test"]):
+        Image.new("RGB", (20, 16), (40 * k, 90, 200)).save(tmp_path / f"{k}.png")
+        sentences = [{"raw": "A dog runs.", "tokens": ["a", "dog", "runs"]}] * 3 + \
+            [{"raw": "A cat sits.", "tokens": ["a", "cat", "sits"]}] * 2
+        images.append({"filename": f"{k}.png", "split": split, "sentences": sentences})
+    (tmp_path / "d.json").write_text(json.dumps({"images": images}))
+    vocab_path = tmp_path / "v" / "vocab.json"
+    with pytest.raises(FileNotFoundError, match="vocab_path .* does not exist"):
+        MultimodalRNN({"name": "tiny_cnn", "width": 4, "depth": 1}, vocab_path=str(vocab_path))
+    train = generator_karpathy("train", str(tmp_path / "d.json"), str(tmp_path), vocab_path=str(vocab_path),
+                               image_size=16)
+    # train captions: a x10, dog x6, runs x6, cat x4, sits x4 -> cat and sits fall below 5
+    assert train.vocab.itos[2:] == ["a", "dog", "runs"] and vocab_path.is_file()
+    test = generator_karpathy("test", str(tmp_path / "d.json"), str(tmp_path), vocab_path=str(vocab_path),
+                              image_size=16, view="image")
+    assert test.vocab == train.vocab and test.num_images == 1 and test[0]["image"].shape == (3, 16, 16)
+    model = MultimodalRNN({"name": "tiny_cnn", "width": 4, "depth": 1}, vocab_path=str(vocab_path), hidden=8)
+    assert model.vocab_size == 5
+    batch = collate([train[3], train[4]])                  # "a cat sits": cat, sits are <unk>, dropped
+    assert model(batch)["caption_targets"].tolist() == [[2, 0], [2, 0]]

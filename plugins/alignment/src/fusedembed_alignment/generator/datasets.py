@@ -50,20 +50,16 @@ def generator_karpathy(split: str, json_path: str, image_root: str, train_splits
                        min_count: int = 5, vocab_path: Optional[str] = None, image_size: int = 224,
                        view: str = "pair", captions_per_image: Optional[int] = None, skip_bad: bool = False):
     """Karpathy split JSON for the generator: vocabulary of words seen >= min_count times."""
-    vocab = None
-    if vocab_path and Path(vocab_path).expanduser().is_file():
-        vocab = Vocab.load(Path(vocab_path).expanduser())
+    path = Path(vocab_path).expanduser() if vocab_path else None
+    vocab = Vocab.load(path) if path is not None and path.is_file() else None
+    # Without a vocabulary the reader builds one from the file's train + restval captions,
+    # whatever split is asked for: every split gets the same one.
     ds = karpathy(json_path, image_root, split=train_splits if split == "train" else split, view=view,
                   vocab=vocab, min_count=min_count, captions_per_image=captions_per_image,
                   transform=Resize(image_size), skip_bad=skip_bad)
-    if vocab is None and vocab_path:
-        if split != "train":
-            ds_train = karpathy(json_path, image_root, split=train_splits, min_count=min_count, skip_bad=True)
-            vocab = ds_train.vocab
-            ds = karpathy(json_path, image_root, split=split, view=view, vocab=vocab,
-                          captions_per_image=captions_per_image, transform=Resize(image_size), skip_bad=skip_bad)
-        Path(vocab_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        ds.vocab.save(Path(vocab_path).expanduser())
+    if vocab is None and path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.vocab.save(path)
     return ds
 
 

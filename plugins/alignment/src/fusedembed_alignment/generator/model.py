@@ -18,6 +18,7 @@ discarded). Dropout (inverted, as neuraltalk) on the encoder side (b_v and the w
 and on the decoder side (h_t before W_oh), never on the recurrence.
 """
 
+from pathlib import Path
 from typing import Literal, Optional
 
 import torch
@@ -63,7 +64,12 @@ class MultimodalRNN(nn.Module):
             raise ValueError("generator: give exactly one of vocab_size and vocab_path, got "
                              f"vocab_size={vocab_size}, vocab_path={vocab_path!r}")
         if vocab_path is not None:
-            vocab_size = len(Vocab.load(vocab_path))
+            if not Path(vocab_path).expanduser().is_file():
+                raise FileNotFoundError(
+                    f"generator: vocab_path {vocab_path!r} does not exist; the dataset alignment/generator_karpathy "
+                    "writes it when built with the same vocab_path (build the recipe's data.train once), "
+                    "or set vocab_size")
+            vocab_size = len(Vocab.load(Path(vocab_path).expanduser()))
         if vocab_size < 3:
             raise ValueError(f"generator: vocab_size must be >= 3 (<pad>/END, <unk>, a word), got {vocab_size}")
         if hidden < 1:
