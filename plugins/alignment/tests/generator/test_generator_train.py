@@ -130,9 +130,8 @@ def test_demo_runs_end_to_end_at_toy_size(scenes_root, tmp_path, monkeypatch):
 
 
 def test_karpathy_json_vocabulary_of_words_seen_5_times(tmp_path):
-    from PIL import Image
-
     from fusedembed_alignment.generator.datasets import generator_karpathy
+    from PIL import Image
 
     images = []
     for k, split in enumerate(["train", "train", "test"]):
