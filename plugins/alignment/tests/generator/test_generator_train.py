@@ -154,3 +154,20 @@ def test_karpathy_json_vocabulary_of_words_seen_5_times(tmp_path):
     assert model.vocab_size == 5
     batch = collate([train[3], train[4]])                  # "a cat sits": cat, sits are <unk>, dropped
     assert model(batch)["caption_targets"].tolist() == [[2, 0], [2, 0]]
+
+
+def test_describe_boxes_matches_the_region_dataset(scenes_root):
+    from fusedembed_alignment.generator.evaluator import describe_boxes
+
+    from fusedembed.trainer import eval_loader
+
+    base = scenes("test", root=scenes_root, num_images=8, progress=False, workers=1, train_images=30)
+    regions = RegionSnippets(base, truth_snippets(base), crop_size=16, view="image")
+    torch.manual_seed(0)
+    model = MultimodalRNN({"name": "tiny_cnn", "width": 8, "depth": 2}, vocab_size=len(base.vocab), hidden=16)
+    from_dataset = describe(model, eval_loader(regions, load_recipe("alignment/generator_scenes")), device="cpu",
+                            beam_size=2, max_len=6)
+    mine = [r for r, (i, _) in enumerate(regions.regions) if i == 3]
+    boxes = [regions.regions[r][1] for r in mine]
+    got = describe_boxes(model, base.load_image(3), boxes, base.vocab, crop_size=16, beam_size=2, max_len=6)
+    assert got == [from_dataset[r] for r in mine] and len(got) >= 1

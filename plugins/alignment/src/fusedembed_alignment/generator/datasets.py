@@ -106,6 +106,19 @@ def read_snippets(path) -> list[dict]:
     return out
 
 
+def crop(image: torch.Tensor, box, size: int, margin: float = 0.1) -> torch.Tensor:
+    """The box ``x0, y0, x1, y1`` (pixels) of a CHW image, grown by ``margin`` of its size on each
+    side (clipped to the image), resized to ``size`` x ``size``: what the region generator sees."""
+    from torchvision.transforms.v2 import functional as TF
+
+    x0, y0, x1, y1 = (float(v) for v in box)
+    H, W = image.shape[-2:]
+    mx, my = margin * (x1 - x0), margin * (y1 - y0)
+    a, b = max(int(x0 - mx), 0), min(int(round(x1 + mx)), W)
+    c, d = max(int(y0 - my), 0), min(int(round(y1 + my)), H)
+    return TF.resize(image[:, c:max(d, c + 1), a:max(b, a + 1)], [size, size], antialias=True)
+
+
 class RegionSnippets(CaptionDataset):
     """Regions of a base caption dataset's images as "images" (crops resized to ``crop_size``),
     their snippets as captions. ``regions[r]`` = (base image, box); ``base`` is the dataset."""
@@ -129,16 +142,8 @@ class RegionSnippets(CaptionDataset):
         self.base, self.crop_size, self.margin = base, crop_size, margin
 
     def load_image(self, r: int) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as TF
-
-        i, (x0, y0, x1, y1) = self.regions[r]
-        image = self.base.load_image(i)
-        H, W = image.shape[-2:]
-        mx, my = self.margin * (x1 - x0), self.margin * (y1 - y0)
-        a, b = max(int(x0 - mx), 0), min(int(round(x1 + mx)), W)
-        c, d = max(int(y0 - my), 0), min(int(round(y1 + my)), H)
-        crop = image[:, c:max(d, c + 1), a:max(b, a + 1)]
-        return TF.resize(crop, [self.crop_size, self.crop_size], antialias=True)
+        i, box = self.regions[r]
+        return crop(self.base.load_image(i), box, self.crop_size, self.margin)
 
     def extra(self, r: int, c: int, with_image: bool) -> dict:
         i, box = self.regions[r]

@@ -53,6 +53,26 @@ def describe(model, loader, *, device, beam_size: int = 1, max_len: int = 20,
     return out
 
 
+@torch.no_grad()
+def describe_boxes(model, image: torch.Tensor, boxes, vocab, *, crop_size: int = 32, margin: float = 0.1,
+                   beam_size: int = 1, max_len: int = 20, device=None) -> List[str]:
+    """The region generator's sentence for each box ``x0, y0, x1, y1`` (pixels) of a CHW image
+    in [0, 1], cropped as :class:`~.datasets.RegionSnippets` crops its training regions."""
+    from .datasets import crop
+
+    if len(boxes) == 0:
+        return []
+    device = device if device is not None else next(model.parameters()).device
+    crops = torch.stack([crop(image, b, crop_size, margin) for b in boxes]).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        ids, lengths, _ = model.generate(crops, beam_size=beam_size, max_len=max_len)
+    finally:
+        model.train(was_training)
+    return [words(vocab, ids[k].cpu(), int(lengths[k])) for k in range(len(boxes))]
+
+
 class CaptionEvaluator:
     """BLEU-1..4, ROUGE-L, CIDEr-D (and METEOR when pycocoevalcap and java are there) of the
     model's sentences for the split's images; keys ``<prefix>BLEU-4`` etc."""
