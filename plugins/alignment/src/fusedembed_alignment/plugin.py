@@ -10,6 +10,7 @@ from .data import karpathy_boxes
 from .evaluator import RetrievalEvaluator
 from .model import AlignmentModel
 from .score import RankingLoss
+from .generator import registration as generator
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 RECIPES = {
@@ -31,29 +32,34 @@ def fusedembed_register_backbones(register):
 def fusedembed_register_models(register):
     register("alignment", AlignmentModel, description="regions (whole image + boxes; crop or RoIAlign) and "
              "BRNN words in one h-d space; outputs regions/num_regions, words/lengths")
+    generator.register_models(register)
 
 
 @fusedembed.hookimpl
 def fusedembed_register_losses(register):
     register("ranking", RankingLoss, description="bidirectional max-margin ranking of S_kl = sum_t max_i "
              "v_i.s_t over the (global) batch")
+    generator.register_losses(register)
 
 
 @fusedembed.hookimpl
 def fusedembed_register_datasets(register):
     register("karpathy_boxes", karpathy_boxes)
+    generator.register_datasets(register)
 
 
 @fusedembed.hookimpl
 def fusedembed_register_evaluators(register):
     register("retrieval", RetrievalEvaluator, description="S_kl image<->sentence retrieval: R@1/5/10, "
              "median rank (COCO 1K/5K)")
+    generator.register_evaluators(register)
 
 
 @fusedembed.hookimpl
 def fusedembed_register_recipes(register):
     for name, description in RECIPES.items():
         register(name, RECIPE_DIR / f"{name}.yaml", description=description)
+    generator.register_recipes(register)
 
 
 @fusedembed.hookimpl
@@ -62,3 +68,4 @@ def fusedembed_register_demos(register):
 
     register("alignment", demo.main, description="scenes: regions x BRNN vs bag of words, retrieval vs chance; "
              "word -> region accuracy of the MRF snippets vs beta (CPU, minutes)")
+    generator.register_demos(register)
