@@ -8,9 +8,9 @@ import fusedembed
 from . import backbones
 from .data import karpathy_boxes
 from .evaluator import RetrievalEvaluator
+from .generator import registration as generator
 from .model import AlignmentModel
 from .score import RankingLoss
-from .generator import registration as generator
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 RECIPES = {
