@@ -13,7 +13,7 @@ from fusedembed.data import Vocab
 def test_registers_every_component_and_recipe(registries):
     assert "dualpath/textcnn" in registries["backbone"].list()
     assert "dualpath/dualpath" in registries["model"].list()
-    assert {"dualpath/instance", "dualpath/bidir_ranking"} <= set(registries["loss"].list())
+    assert {"dualpath/instance", "dualpath/bidir_ranking", "dualpath/inbatch_instance"} <= set(registries["loss"].list())
     assert {"dualpath/flickr30k", "dualpath/coco", "dualpath/cuhk_pedes"} <= set(registries["dataset"].list())
     assert "dualpath/retrieval" in registries["evaluator"].list()
     assert "dualpath/dualpath" in registries["demo"].list()
