@@ -97,6 +97,42 @@ def with_authors_text(data: ImageCaptionDataset, vocab: Vocab, question_mark: bo
     return ImageCaptionDataset(data.paths, data.sources, captions, tokens, vocab, data.view, data.transform)
 
 
+class WithCandidates(torch.utils.data.Dataset):
+    """A training set whose items also carry ``candidate_tokens`` (k, length) and
+    ``candidate_instance`` (k,): a random caption of each of k random other images, cut or
+    padded to ``length`` — the pool the model mines hard negatives from (the authors draw 256
+    per batch of 32: k = 8). Draws are seeded by (seed, epoch, item), so a resumed run repeats them."""
+
+    def __init__(self, data, k: int, length: int = 32):
+        if k < 1 or length < 1:
+            raise ValueError(f"candidates_per_item and its length must be >= 1, got {k} and {length}")
+        if data.num_images < 2:
+            raise ValueError(f"candidates_per_item needs at least 2 images, got {data.num_images}")
+        self.data, self.k, self.length = data, k, length
+
+    def __getattr__(self, name):
+        if name == "data":                 # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.data, name)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, idx: int) -> dict:
+        item = self.data[idx]
+        d = self.data
+        gen = torch.Generator().manual_seed((d.seed * 1_000_003 + d.epoch) * 10_000_019 + idx)
+        others = torch.randint(d.num_images - 1, (self.k,), generator=gen)
+        others += (others >= item["instance"]).long()          # never the item's own image
+        tokens = torch.zeros(self.k, self.length, dtype=torch.long)
+        for row, i in enumerate(others.tolist()):
+            caps = d.captions_of(i)
+            ids = d.tokens_of(caps[int(torch.randint(len(caps), (), generator=gen))])[:self.length]
+            tokens[row, :len(ids)] = ids
+        item["candidate_tokens"], item["candidate_instance"] = tokens, others
+        return item
+
+
 def _read_list(path) -> list:
     path = Path(path).expanduser()
     if not path.is_file():
@@ -149,7 +185,11 @@ def _karpathy_factory(train_splits: str, captions_per_image: Optional[int], what
     def factory(split: str, json_path: str, image_root: str, image_size: int = 224, view: str = "image",
                 train_flip: bool = True, min_count: int = 1, split_lists: Optional[Dict[str, str]] = None,
                 vocab_path: Optional[str] = None, skip_bad: bool = False, text: str = "ours",
-                word2vec_path: Optional[str] = None):
+                word2vec_path: Optional[str] = None, candidates_per_item: int = 0):
+        if candidates_per_item and split == "train":
+            data = factory(split, json_path, image_root, image_size, view, train_flip, min_count, split_lists,
+                           vocab_path, skip_bad, text, word2vec_path)
+            return WithCandidates(data, candidates_per_item)
         if text not in TEXT_MODES:
             raise ValueError(f"text must be one of {TEXT_MODES}, got {text!r}")
         transform = ImageTransform(image_size, train=split == "train", flip=train_flip)

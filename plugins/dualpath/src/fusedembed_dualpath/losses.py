@@ -43,9 +43,8 @@ gradient by the batch size, so the authors' recipes are mean losses). Negatives:
 item of another instance per anchor (the authors' CUHK-PEDES choice, ``rand_diff_class*.m``,
 drawn from the batch); ``"candidates"`` — hardest of a FIFO bank of the last K embeddings of
 each modality (detached, from a model at most K/B steps old; shuffled batches make them a
-random sample) together with the batch's own detached embeddings: ours, standing in for the
-authors' Flickr30k / COCO negatives, which re-embed K = 256 random captions with the current
-model and then train on the hardest with gradient.
+random sample) together with the batch's own detached embeddings: ours (the authors'
+Flickr30k / COCO negatives are the model's hard-negative mining with ``pair_ranking``).
 """
 
 from typing import Optional
@@ -167,16 +166,21 @@ class InstanceLoss(nn.Module):
         return F.linear(features, self.weight, self.bias)
 
     def forward(self, instance: torch.Tensor, image_features: Optional[torch.Tensor] = None,
-                text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
-        parts = [(f, w) for f, w in ((image_features, self.image_weight), (text_features, self.text_weight))
+                text_features: Optional[torch.Tensor] = None,
+                text_instance: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``text_instance``: the captions' own labels when they differ from the images' (the
+        model's mined hard-negative captions)."""
+        text_labels = instance if text_instance is None else text_instance
+        parts = [(f, w, y) for f, w, y in ((image_features, self.image_weight, instance),
+                                           (text_features, self.text_weight, text_labels))
                  if f is not None and w != 0]
         if not parts:
             raise ValueError("instance: needs image_features or text_features (with a non-zero weight), got neither")
-        x = torch.cat([f.float() for f, _ in parts])      # both branches in one pass over W
-        target = instance.to(x.device).long().repeat(len(parts))
+        x = torch.cat([f.float() for f, _, _ in parts])      # both branches in one pass over W
+        target = torch.cat([y.to(x.device).long() for _, _, y in parts])
         ce = chunked_cross_entropy(x, self.weight, target, self.bias, self.chunk)
         per_branch = ce.view(len(parts), -1)
-        return sum(w * _reduce(row, self.reduction) for row, (_, w) in zip(per_branch, parts))
+        return sum(w * _reduce(row, self.reduction) for row, (_, w, _) in zip(per_branch, parts))
 
 
 class BidirRankingLoss(nn.Module):
@@ -294,3 +298,41 @@ class InBatchInstanceLoss(nn.Module):
             target = torch.arange(len(f), device=f.device)
             total = total + w * F.cross_entropy(self.gamma * f @ f.T, target)
         return total
+
+
+class PairRankingLoss(nn.Module):
+    """The authors' ``RankLoss.m`` (registered ``pair_ranking``): the batch's first half are
+    anchor pairs (x_p, y_p), its second half the negatives (x_n, y_n) of the same positions::
+
+        max(0, m - s(x_p, y_p) + s(x_p, y_n)) + max(0, m - s(x_p, y_p) + s(y_p, x_n))
+
+    summed over the anchors and divided by the whole batch size (``reduction="batch"``:
+    MatConvNet's gradient scaling) or just summed (``"sum"``). With the model's hard-negative
+    mining (a batch with ``candidate_tokens``) y_n is the hardest candidate caption; x_n is the
+    image at that position, a random other image. A negative image of the anchor's instance
+    gets no hinge (the authors redraw it).
+    """
+
+    def __init__(self, margin: float = 1.0, reduction: str = "batch"):
+        super().__init__()
+        if margin < 0:
+            raise ValueError(f"pair_ranking: margin must be >= 0, got {margin}")
+        if reduction not in ("batch", "sum"):
+            raise ValueError(f"pair_ranking: reduction must be 'batch' or 'sum', got {reduction!r}")
+        self.margin, self.reduction = float(margin), reduction
+
+    def forward(self, image_embedding: torch.Tensor, text_embedding: torch.Tensor,
+                instance: Optional[torch.Tensor] = None) -> torch.Tensor:
+        img, txt = image_embedding.float(), text_embedding.float()
+        if img.shape != txt.shape or len(img) < 2:
+            raise ValueError(f"pair_ranking: image and text embeddings must have one shape with at least 2 rows, "
+                             f"got {tuple(img.shape)} and {tuple(txt.shape)}")
+        n = len(img) // 2
+        xp, yp, xn, yn = img[:n], txt[:n], img[n:2 * n], txt[n:2 * n]
+        pos = (xp * yp).sum(1)
+        to_image = F.relu(self.margin - pos + (yp * xn).sum(1))
+        if instance is not None:
+            ids = instance.to(img.device).long()
+            to_image = to_image.masked_fill(ids[:n] == ids[n:2 * n], 0)
+        cost = (F.relu(self.margin - pos + (xp * yn).sum(1)) + to_image).sum()
+        return cost / len(img) if self.reduction == "batch" else cost

@@ -12,6 +12,14 @@ output before ReLU, the authors' ``fc1_1bn`` / ``fc5_2bn``) or "relu" (after it)
 feature is summed over all offsets (``test_shift``), the image feature over the image and its
 mirror (``test_flip``), then L2-normalised.
 
+Hard negatives (Flickr30k / COCO, ``cnn_train_dag_batchsize_net.m``): a training batch that
+holds ``candidate_tokens`` (B, k, T) and ``candidate_instance`` (B, k) — random captions of
+other images, from the datasets' ``candidates_per_item`` — has its second half of captions
+replaced: the first half's images and all candidates are embedded by the current model in eval
+mode without grad (L2-normalised post-ReLU features), each anchor image i < B/2 takes its
+hardest candidate (never one of its own instance), and that caption goes to position
+B/2 + i, forwarded with gradient, labelled ``text_instance`` = its own image.
+
 ``image_bn_momentum``: the running-statistics momentum of the image CNN's BN layers (null:
 PyTorch's 0.1). MatConvNet's BN moments are parameters whose LR is this rate: the authors'
 Stage I gives every ResNet-50 parameter LR 0 (0: the statistics stay as loaded, while training
@@ -99,8 +107,44 @@ class DualPath(nn.Module):
         out[f"{kind}_features"] = features
         out[f"{kind}_embedding"] = F.normalize(ranked.float(), dim=-1)
 
+    @torch.no_grad()
+    def hardest_candidates(self, images: torch.Tensor, instance: torch.Tensor, candidates: torch.Tensor,
+                           candidate_instance: torch.Tensor) -> tuple:
+        """``(tokens (n, T), instance (n,))``: the hardest candidate caption of each image."""
+        was_training = self.training
+        self.eval()                                    # the authors mine with net.mode = 'test'
+        try:
+            q = F.normalize(self.image.features(images)[1].float(), dim=1)
+            lengths = fit_lengths(candidates, None, self.max_len)
+            placed = place(candidates, lengths, random_offsets(lengths, self.max_len), self.max_len)
+            c = F.normalize(self.text.features(placed)[1].float(), dim=1)
+        finally:
+            self.train(was_training)
+        scores = (q @ c.T).masked_fill(instance[:, None] == candidate_instance[None], float("-inf"))
+        pick = scores.argmax(1)
+        return candidates[pick], candidate_instance[pick]
+
+    def _with_hard_negatives(self, batch: dict) -> tuple:
+        """The batch's tokens and lengths with the second half mined, and the captions' labels."""
+        tokens, instance = batch["tokens"], batch["instance"].to(batch["tokens"].device).long()
+        half = len(tokens) // 2
+        mined, mined_instance = self.hardest_candidates(
+            batch["image"][:half], instance[:half], batch["candidate_tokens"].flatten(0, 1).to(tokens.device),
+            batch["candidate_instance"].flatten().to(tokens.device).long())
+        width = max(tokens.shape[1], mined.shape[1])
+        tokens = F.pad(tokens, (0, width - tokens.shape[1]))
+        tokens[half:2 * half] = F.pad(mined, (0, width - mined.shape[1]))
+        lengths = fit_lengths(tokens, batch.get("lengths"), self.max_len)
+        lengths[half:2 * half] = fit_lengths(mined, None, self.max_len)
+        text_instance = instance.clone()
+        text_instance[half:2 * half] = mined_instance
+        return tokens, lengths, text_instance
+
     def forward(self, batch: dict) -> dict:
         out = {}
+        if self.training and "candidate_tokens" in batch:
+            tokens, lengths, out["text_instance"] = self._with_hard_negatives(batch)
+            batch = {**batch, "tokens": tokens, "lengths": lengths}
         if "image" in batch:
             self._output(out, "image", self.encode_image(batch["image"]))
         if "tokens" in batch:
