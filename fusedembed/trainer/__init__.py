@@ -13,8 +13,8 @@ Recipe keys it reads (see :mod:`fusedembed.recipe` for types and defaults):
 - ``trainer``: epochs, lr, max_steps, batch_size (global), eval_batch_size, accumulate,
   grad_clip_norm, grad_clip_value, amp, channels_last, compile, device, workers, seed,
   deterministic, log_every, eval_every, checkpoint_every, best_metric, best_mode, bn_eval,
-  loss_lr_mult, loss_weight_decay, optimizer.{name, momentum, nesterov, weight_decay, betas,
-  lr_mult, no_weight_decay, decay_norm_bias, weight_decay_mult}, scheduler.{name, step_size, milestones, gamma,
+  loss_lr_mult, loss_weight_decay, optimizer.{name (sgd, adamw, rmsprop), momentum, nesterov, weight_decay, betas,
+  alpha, eps, lr_mult, no_weight_decay, decay_norm_bias, weight_decay_mult}, scheduler.{name, step_size, milestones, gamma,
   min_lr, warmup_epochs, warmup, warmup_factor}.
 - ``stages: [{name, <section>: ...}]``: run in order, each from the previous stage's weights
   with fresh optimizers; a loss whose label (its name, made unique) and state shapes match one

@@ -108,6 +108,11 @@ def test_recipe_show_prints_the_resolved_recipe(tmp_path, capsys):
     assert "unknown key 'trainer.lrr' (did you mean 'lr'?)" in capsys.readouterr().err
     assert run("recipe", "show", str(tmp_path / "none.yaml"))[0] == 1
     assert "does not exist" in capsys.readouterr().err
+    # Factory arguments are type-checked here too (`width=eight` was printed, exit 0).
+    path.write_text("model: {name: image_embedding, backbone: {name: tiny_cnn}}\n")
+    code, out = run("recipe", "show", str(path), "model.backbone.width=eight")
+    assert code == 1 and out == ""
+    assert "model.backbone.width: expected int, got str 'eight'" in capsys.readouterr().err
 
 
 def test_pyproject_declares_the_script_and_builtin_entry_point():

@@ -120,6 +120,13 @@ def test_cuhk_pedes_instance_is_the_identity(registries, tmp_path):
                                   "image_root": str(tmp_path / "imgs"), "image_size": 16}, split="train")
     assert [data[i]["instance"] for i in range(4)] == [0, 0, 1, 1]
     assert [data[i]["image_index"] for i in range(4)] == [0, 1, 2, 3] and data.num_identities == 2
+    # processed_tokens spelled as new sentences are tokenised (full-width "Ｍａｎ" was a word of its own).
+    records[0]["processed_tokens"] = [["A", "Ｍａｎ", "in", "a", "red", "coat\u2019s"]]
+    (tmp_path / "reid_raw.json").write_text(json.dumps(records))
+    data = registries.build("dataset", {"name": "dualpath/cuhk_pedes", "json_path": str(tmp_path / "reid_raw.json"),
+                                  "image_root": str(tmp_path / "imgs"), "image_size": 16}, split="train")
+    assert data.vocab.decode(data.tokens_of(0)) == ["a", "man", "in", "a", "red", "coat's"]
+    assert "ｍａｎ" not in data.vocab and data.vocab.decode(data.tokenize("A MAN")) == ["a", "man"]
     with pytest.raises(ValueError, match="no records of split 'test'"):
         registries.build("dataset", {"name": "dualpath/cuhk_pedes", "json_path": str(tmp_path / "reid_raw.json"),
                                "image_root": str(tmp_path / "imgs")}, split="test")

@@ -14,7 +14,15 @@ from typing import Dict, Optional
 
 import torch
 
-from fusedembed.data import DataError, ImageCaptionDataset, Vocab, karpathy, read_text, tokenize
+from fusedembed.data import (
+    DataError,
+    ImageCaptionDataset,
+    Vocab,
+    karpathy,
+    normalize_token,
+    read_text,
+    tokenize,
+)
 
 from .word2vec import read_word2vec
 
@@ -259,7 +267,8 @@ def cuhk_pedes(split: str, json_path: str, image_root: str, image_size: int = 22
         if text == "authors":
             tokens = [authors_tokens(c) for c in r["captions"]]
         else:
-            tokens = [[t.lower() for t in s] for s in (r.get("processed_tokens") or [tokenize(c) for c in r["captions"]])]
+            tokens = [[normalize_token(t) for t in s]
+                      for s in (r.get("processed_tokens") or [tokenize(c) for c in r["captions"]])]
         rows.append((r["split"], os.path.join(image_root, r["file_path"]), (str(json_path), f"[{k}]"),
                      r["captions"], tokens, r["id"]))
     if text == "authors":
