@@ -97,7 +97,7 @@ def test_karpathy_recipe_data_and_the_authors_split(registries, tmp_path):
     assert item["image"].shape == (3, 16, 16) and train.num_images == 3 and len(train) == 3   # image view
     assert Vocab.load(tmp_path / "vocab.json") == train.vocab          # written for the TextCNN
     net = registries.build("backbone", {"name": "textcnn", "vocab_path": str(tmp_path / "vocab.json"), "widths": [4],
-                                  "blocks": [1], "strides": [1], "fc_dim": 4})
+                                  "blocks": [1], "strides": [1], "first_mids": None, "fc_dim": 4})
     assert net.vocab_size == len(train.vocab)
     (tmp_path / "train.txt").write_text("4.jpg\n0.jpg\n")
     (tmp_path / "test.txt").write_text("3.jpg\n")
