@@ -70,6 +70,8 @@ def sampled_sigmoid_loss(logits: torch.Tensor, targets: torch.Tensor, class_weig
 
     Args:
         logits: (B, C) float32/float16/bfloat16 (float64 too); B >= 1. Math in float32 (float64).
+            A reduced loss is returned in float32 (float64 for float64 logits) whatever the logits'
+            dtype, as a float16 sum overflows at 65504; "none" terms and the gradient keep it.
         targets: (B, C) soft labels in [0, 1], -1 to ignore; float, float16, bfloat16, uint8 or bool.
         class_weight: (C,) weights w, or (2, C): row 0 applies where the class has a positive in this
             batch, row 1 where it has none (for callers whose weight depends on this batch's state,
@@ -87,9 +89,9 @@ def sampled_sigmoid_loss(logits: torch.Tensor, targets: torch.Tensor, class_weig
     frees the graph (no retain_graph) scales it in place and skips that pass when grad_output
     is 1, so ``loss.backward()`` adds no work after the forward.
 
-    Bad values. Tensor values are checked on the CPU only (a check on the GPU costs a host sync):
-    targets outside [0, 1] and not -1 raise on the CPU; on CUDA they make their entry's loss and
-    gradient NaN, kept or not. Negative or non-finite weights raise on the CPU and are used as
+    Bad values. Tensor values are checked on the CPU only (a check on the GPU costs a host sync),
+    the error naming the first bad value: targets outside [0, 1] and not -1 raise on the CPU; on
+    CUDA they make their entry's loss and gradient NaN, kept or not. Negative or non-finite weights raise on the CPU and are used as
     given on CUDA. Logits are never checked: a NaN logit makes the loss and its entry's gradient
     NaN where the entry is kept; dropped entries and zero-weight columns are skipped, so their
     logits, NaN or inf, cannot affect anything; an infinite logit that agrees with its target
