@@ -123,8 +123,8 @@ void crf_cpu_impl(const CrfProblem& p, int64_t* path, viterbi_acc_t<scalar_t>* s
   const int64_t* lengths = p.lengths.defined() ? p.lengths.const_data_ptr<int64_t>() : nullptr;
   const int64_t N = p.N, M = p.M;
   // Shared parameters are checked once; per-sentence transitions with their sentence.
-  const bool shared_ok = (p.batched || rows_usable<acc_t>(trans, M, M, M)) && (!start || rows_usable<acc_t>(start, 1, M, M)) &&
-                         (!stop || rows_usable<acc_t>(stop, 1, M, M));
+  const bool shared_ok = (p.batched || rows_usable<acc_t>(trans, M, M, M)) &&
+                         (!start || rows_usable<acc_t>(start, 1, M, M)) && (!stop || rows_usable<acc_t>(stop, 1, M, M));
   at::parallel_for(0, p.B, viterbi_grain(N * M * M), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> d(M), best(M);
     std::vector<int32_t> arg(M), bp;

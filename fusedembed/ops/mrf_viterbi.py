@@ -62,7 +62,8 @@ def mrf_viterbi(unary: torch.Tensor, beta: Union[float, torch.Tensor], lengths=N
 
     Returns:
         ``(assignment, score)``: int64 (B, N) region per word (-1 past the length) and (B,)
-        the maximal energy (float64 for float64 unaries, else float32). Ties and non-finite values follow the module's rules.
+        the maximal energy (float64 for float64 unaries, else float32). Ties and non-finite
+        values follow the module's rules.
     """
     if not isinstance(unary, torch.Tensor):
         raise TypeError(f"mrf_viterbi: unary must be a tensor, got {type(unary).__name__}")

@@ -91,12 +91,12 @@ def sampled_sigmoid_loss(logits: torch.Tensor, targets: torch.Tensor, class_weig
 
     Bad values. Tensor values are checked on the CPU only (a check on the GPU costs a host sync),
     the error naming the first bad value: targets outside [0, 1] and not -1 raise on the CPU; on
-    CUDA they make their entry's loss and gradient NaN, kept or not. Negative or non-finite weights raise on the CPU and are used as
-    given on CUDA. Logits are never checked: a NaN logit makes the loss and its entry's gradient
-    NaN where the entry is kept; dropped entries and zero-weight columns are skipped, so their
-    logits, NaN or inf, cannot affect anything; an infinite logit that agrees with its target
-    (+inf for y = 1, -inf for y = 0) costs 0, one that disagrees costs inf, and gradients stay
-    finite for infinite logits.
+    CUDA they make their entry's loss and gradient NaN, kept or not. Negative or non-finite weights
+    raise on the CPU and are used as given on CUDA. Logits are never checked: a NaN logit makes the
+    loss and its entry's gradient NaN where the entry is kept; dropped entries and zero-weight
+    columns are skipped, so their logits, NaN or inf, cannot affect anything; an infinite logit that
+    agrees with its target (+inf for y = 1, -inf for y = 0) costs 0, one that disagrees costs inf,
+    and gradients stay finite for infinite logits.
     """
     if not isinstance(logits, torch.Tensor) or not isinstance(targets, torch.Tensor):
         raise TypeError(f"{_NAME}: logits and targets must be tensors, got {type(logits).__name__} and "
