@@ -1,6 +1,10 @@
-"""Loads the compiled extension ``fusedembed._C`` once, and says plainly why when it cannot."""
+"""Loads the compiled extension ``fusedembed._C`` once, and says plainly why when it cannot.
+
+``FUSEDEMBED_NO_EXTENSION=1`` hides a built extension, so the pure-PyTorch references run instead
+(the test suite runs the op tests both ways)."""
 
 import importlib.util
+import os
 import warnings
 
 import torch
@@ -11,6 +15,8 @@ REBUILD = "pip install --no-build-isolation -e . (or `make install`)"
 
 
 def _load():
+    if os.environ.get("FUSEDEMBED_NO_EXTENSION", "") not in ("", "0"):
+        return None
     try:
         from . import _build_meta
     except ImportError:

@@ -2,7 +2,8 @@
 ``pytest11``, so any test suite in an environment with fusedembed gets it):
 
 - markers ``cuda`` (skipped when no CUDA GPU is visible; select the GPU half with
-  ``pytest -m cuda``) and ``slow``;
+  ``pytest -m cuda``), ``extension`` (skipped without the compiled ``fusedembed._C``, e.g. under
+  FUSEDEMBED_NO_EXTENSION=1) and ``slow``;
 - fixtures ``registries`` (the installed plugins' registries, made active for the test;
   ``installed_registries`` for wider fixtures) and ``scenes_root`` (one cache folder of
   generated scenes data for the whole session).
@@ -76,17 +77,24 @@ def pytorch_crf_decode(emissions, mask, transitions, start, end):
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped when none is visible); "
                                        "run with `pytest -m cuda`")
+    config.addinivalue_line("markers", "extension: needs the compiled fusedembed._C, which holds the ops' "
+                                       "argument checks (skipped without it)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds (wheel builds, "
                                        "multi-process runs)")
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="no CUDA GPU visible")
+    from ._extension import has_extension
+
+    skips = {}
+    if not torch.cuda.is_available():
+        skips["cuda"] = pytest.mark.skip(reason="no CUDA GPU visible")
+    if not has_extension():
+        skips["extension"] = pytest.mark.skip(reason="fusedembed._C is not built (or FUSEDEMBED_NO_EXTENSION is set)")
     for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
+        for name, skip in skips.items():
+            if name in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,8 @@ inline acc_t gem_from_sum(acc_t m, acc_t sum, int64_t n, acc_t p) {
 // float64: scalar loops with std::log/std::exp.
 
 template <typename scalar_t>
-void forward_rows(const GemProblem& prob, const at::opmath_type<scalar_t>* p, double eps_d, scalar_t* y) {
+void forward_rows(const GemProblem& prob, const at::opmath_type<scalar_t>* p, double eps_d,
+                  at::opmath_type<scalar_t>* y) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* x = prob.x.const_data_ptr<scalar_t>();
   const int64_t N = prob.N, C = prob.C;
@@ -53,17 +54,21 @@ void forward_rows(const GemProblem& prob, const at::opmath_type<scalar_t>* p, do
       const acc_t pc = p[prob.p_per_channel ? r % C : 0];
       acc_t m = eps;
       for (int64_t i = 0; i < N; ++i) m = nan_max(m, clamp_eps(static_cast<acc_t>(row[i]), eps));
+      if (!std::isfinite(m)) {  // +inf pools to +inf, NaN to NaN
+        y[r] = m;
+        continue;
+      }
       const acc_t inv_m = acc_t(1) / m;
       acc_t sum = 0;
       for (int64_t i = 0; i < N; ++i) sum += std::exp(pc * std::log(clamp_eps(static_cast<acc_t>(row[i]), eps) * inv_m));
-      y[r] = static_cast<scalar_t>(gem_from_sum(m, sum, N, pc));
+      y[r] = gem_from_sum(m, sum, N, pc);
     }
   });
 }
 
 template <typename scalar_t>
 void forward_channels_last(const GemProblem& prob, const at::opmath_type<scalar_t>* p, double eps_d,
-                           scalar_t* y) {
+                           at::opmath_type<scalar_t>* y) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* x = prob.x.const_data_ptr<scalar_t>();
   const int64_t N = prob.N, C = prob.C;
@@ -86,25 +91,26 @@ void forward_channels_last(const GemProblem& prob, const at::opmath_type<scalar_
       for (int64_t s = 0; s < N; ++s)
         for (int64_t c = 0; c < nc; ++c)
           sum[c] += std::exp(pc[c] * std::log(clamp_eps(static_cast<acc_t>(base[s * C + c]), eps) * inv_m[c]));
-      for (int64_t c = 0; c < nc; ++c) y[b * C + c0 + c] = static_cast<scalar_t>(gem_from_sum(m[c], sum[c], N, pc[c]));
+      for (int64_t c = 0; c < nc; ++c)
+        y[b * C + c0 + c] = std::isfinite(m[c]) ? gem_from_sum(m[c], sum[c], N, pc[c]) : m[c];
     }
   });
 }
 
-// One element of the backward pass: writes dx (when wanted) and returns q^p ln q for dp.
+// One element of the backward pass: writes dx (when wanted) and returns q^p ln q for dp. ln q is
+// ln max(x, eps) - ln y: q itself may underflow where its powers do not.
 template <typename scalar_t, typename acc_t>
-inline acc_t backward_element(scalar_t xv, acc_t eps, acc_t inv_y, acc_t pc, acc_t dx_scale, scalar_t* dx) {
+inline acc_t backward_element(scalar_t xv, acc_t eps, acc_t ly, acc_t pc, acc_t dx_scale, scalar_t* dx) {
   const acc_t v = static_cast<acc_t>(xv);
-  const acc_t q = clamp_eps(v, eps) * inv_y;
-  const acc_t lq = std::log(q);
-  const acc_t qpm1 = std::exp((pc - acc_t(1)) * lq);
-  if (dx) *dx = static_cast<scalar_t>(v < eps ? acc_t(0) : dx_scale * qpm1);
-  return qpm1 * q * lq;
+  const acc_t lq = std::log(clamp_eps(v, eps)) - ly;
+  if (dx) *dx = static_cast<scalar_t>(v < eps ? acc_t(0) : dx_scale * std::exp((pc - acc_t(1)) * lq));
+  return std::exp(pc * lq) * lq;
 }
 
 template <typename scalar_t>
-void backward_rows(const GemProblem& prob, const at::opmath_type<scalar_t>* p, double eps_d, const scalar_t* gy,
-                   const scalar_t* y, scalar_t* dx, at::opmath_type<scalar_t>* row_dp) {
+void backward_rows(const GemProblem& prob, const at::opmath_type<scalar_t>* p, double eps_d,
+                   const at::opmath_type<scalar_t>* gy, const at::opmath_type<scalar_t>* y, scalar_t* dx,
+                   at::opmath_type<scalar_t>* row_dp) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* x = prob.x.const_data_ptr<scalar_t>();
   const int64_t N = prob.N, C = prob.C;
@@ -113,11 +119,11 @@ void backward_rows(const GemProblem& prob, const at::opmath_type<scalar_t>* p, d
   at::parallel_for(0, prob.B * C, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const acc_t pc = p[prob.p_per_channel ? r % C : 0];
-      const acc_t yr = static_cast<acc_t>(y[r]), g = static_cast<acc_t>(gy[r]);
-      const acc_t inv_y = acc_t(1) / yr, dx_scale = g / static_cast<acc_t>(N);
+      const acc_t yr = y[r], g = gy[r];
+      const acc_t ly = std::log(yr), dx_scale = g / static_cast<acc_t>(N);
       acc_t acc = 0;
       for (int64_t i = 0; i < N; ++i)
-        acc += backward_element(x[r * N + i], eps, inv_y, pc, dx_scale, dx ? dx + r * N + i : nullptr);
+        acc += backward_element(x[r * N + i], eps, ly, pc, dx_scale, dx ? dx + r * N + i : nullptr);
       if (row_dp) row_dp[r] = g * yr / (static_cast<acc_t>(N) * pc) * acc;
     }
   });
@@ -125,7 +131,7 @@ void backward_rows(const GemProblem& prob, const at::opmath_type<scalar_t>* p, d
 
 template <typename scalar_t>
 void backward_channels_last(const GemProblem& prob, const at::opmath_type<scalar_t>* p, double eps_d,
-                            const scalar_t* gy, const scalar_t* y, scalar_t* dx,
+                            const at::opmath_type<scalar_t>* gy, const at::opmath_type<scalar_t>* y, scalar_t* dx,
                             at::opmath_type<scalar_t>* row_dp) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* x = prob.x.const_data_ptr<scalar_t>();
@@ -133,24 +139,26 @@ void backward_channels_last(const GemProblem& prob, const at::opmath_type<scalar
   const acc_t eps = static_cast<acc_t>(eps_d);
   const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
   at::parallel_for(0, prob.B * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> inv_y(kChannelBlock), scale(kChannelBlock), pc(kChannelBlock), acc(kChannelBlock);
+    std::vector<acc_t> yc(kChannelBlock), ly(kChannelBlock), scale(kChannelBlock), pc(kChannelBlock),
+        acc(kChannelBlock);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / blocks, c0 = (t % blocks) * kChannelBlock;
       const int64_t nc = std::min(kChannelBlock, C - c0);
       for (int64_t c = 0; c < nc; ++c) {
-        inv_y[c] = acc_t(1) / static_cast<acc_t>(y[b * C + c0 + c]);
-        scale[c] = static_cast<acc_t>(gy[b * C + c0 + c]) / static_cast<acc_t>(N);
+        yc[c] = y[b * C + c0 + c];
+        ly[c] = std::log(yc[c]);
+        scale[c] = gy[b * C + c0 + c] / static_cast<acc_t>(N);
         pc[c] = p[prob.p_per_channel ? c0 + c : 0];
         acc[c] = 0;
       }
       for (int64_t s = 0; s < N; ++s) {
         const int64_t off = (b * N + s) * C + c0;
         for (int64_t c = 0; c < nc; ++c)
-          acc[c] += backward_element(x[off + c], eps, inv_y[c], pc[c], scale[c], dx ? dx + off + c : nullptr);
+          acc[c] += backward_element(x[off + c], eps, ly[c], pc[c], scale[c], dx ? dx + off + c : nullptr);
       }
       if (row_dp)
         for (int64_t c = 0; c < nc; ++c)
-          row_dp[b * C + c0 + c] = scale[c] / (inv_y[c] * pc[c]) * acc[c];
+          row_dp[b * C + c0 + c] = scale[c] * yc[c] / pc[c] * acc[c];
     }
   });
 }
@@ -187,6 +195,21 @@ FUSEDEMBED_VEC_INLINE float ratio(float v, float eps, float m, float inv_m) {
   const float c = v < eps ? eps : v;
   if constexpr (kFull) return c / m;
   else return c * inv_m;
+}
+
+// log2 q, q = max(v, eps) / y. The full-range path takes it as a difference of logarithms: q may
+// underflow (x = 1e-30, y = 1e29) where its powers q^(p-1) do not.
+template <bool kFull>
+FUSEDEMBED_VEC_INLINE float log2_ratio(float v, float eps, float y, float inv_y) {
+  if constexpr (kFull) return vm::log2f_full(v < eps ? eps : v) - vm::log2f_full(y);
+  else return vm::log2f_normal(ratio<false>(v, eps, y, inv_y));
+}
+
+// q^p log2 q from log2 q (and q^(p-1) on the fast path, where q is a normal float).
+template <bool kFull>
+FUSEDEMBED_VEC_INLINE float qp_log2q(float lq, float qpm1, float v, float eps, float y, float inv_y, float p) {
+  if constexpr (kFull) return vm::exp2f_full(p * lq) * lq;
+  else return qpm1 * ratio<false>(v, eps, y, inv_y) * lq;
 }
 
 // Whether the fast path holds for every q = max(x, eps) / m with finite x <= m (forward) or
@@ -235,16 +258,15 @@ FUSEDEMBED_VEC_INLINE float row_backward_impl(const float* __restrict x, int64_t
 #pragma omp simd reduction(+ : acc)
     for (int64_t i = 0; i < n; ++i) {
       const float v = x[i];
-      const float q = ratio<kFull>(v, eps, y, inv_y);
-      const float lq = log2_q<kFull>(q);
+      const float lq = log2_ratio<kFull>(v, eps, y, inv_y);
       const float qpm1 = exp2_t<kFull>(pm1 * lq);
       dx[i] = vm::select(v < eps, 0.0f, scale * qpm1);
-      acc += qpm1 * q * lq;
+      acc += qp_log2q<kFull>(lq, qpm1, v, eps, y, inv_y, p);
     }
   } else {
 #pragma omp simd reduction(+ : acc)
     for (int64_t i = 0; i < n; ++i) {
-      const float lq = log2_q<kFull>(ratio<kFull>(x[i], eps, y, inv_y));
+      const float lq = log2_ratio<kFull>(x[i], eps, y, inv_y);
       acc += exp2_t<kFull>(p * lq) * lq;
     }
   }
@@ -303,16 +325,15 @@ FUSEDEMBED_VEC_INLINE void tile_backward_impl(const float* __restrict x, float* 
 #pragma omp simd
       for (int64_t c = 0; c < nc; ++c) {
         const float v = xs[c];
-        const float q = ratio<kFull>(v, eps, y[c], inv_y[c]);
-        const float lq = log2_q<kFull>(q);
+        const float lq = log2_ratio<kFull>(v, eps, y[c], inv_y[c]);
         const float qpm1 = exp2_t<kFull>((p[c] - 1.0f) * lq);
         dxs[c] = vm::select(v < eps, 0.0f, scale[c] * qpm1);
-        acc[c] += qpm1 * q * lq;
+        acc[c] += qp_log2q<kFull>(lq, qpm1, v, eps, y[c], inv_y[c], p[c]);
       }
     } else {
 #pragma omp simd
       for (int64_t c = 0; c < nc; ++c) {
-        const float lq = log2_q<kFull>(ratio<kFull>(xs[c], eps, y[c], inv_y[c]));
+        const float lq = log2_ratio<kFull>(xs[c], eps, y[c], inv_y[c]);
         acc[c] += exp2_t<kFull>(p[c] * lq) * lq;
       }
     }
@@ -358,7 +379,7 @@ void store_dx(const float* src, int64_t ns, int64_t nc, scalar_t* dx, int64_t ld
 }
 
 template <typename scalar_t>
-void forward_rows_f(const GemProblem& prob, const float* p, double eps_d, scalar_t* y) {
+void forward_rows_f(const GemProblem& prob, const float* p, double eps_d, float* y) {
   const scalar_t* x = prob.x.const_data_ptr<scalar_t>();
   const int64_t N = prob.N, C = prob.C;
   const float eps = static_cast<float>(eps_d);
@@ -369,19 +390,19 @@ void forward_rows_f(const GemProblem& prob, const float* p, double eps_d, scalar
       const float* row = as_float(x + r * N, N, 1, N, buf);
       const float pc = p[prob.p_per_channel ? r % C : 0];
       const float m = row_max(row, N, eps);
-      if (!std::isfinite(m)) {  // a NaN or +inf in the row: NaN, as (x / m)^p would give
-        y[r] = static_cast<scalar_t>(kNaN);
+      if (!std::isfinite(m)) {  // +inf pools to +inf, NaN to NaN
+        y[r] = m;
         continue;
       }
       const float inv_m = 1.0f / m;
       const float sum = row_pow_sum(row, N, eps, m, inv_m, pc, !fast_ok(m, inv_m, eps));
-      y[r] = static_cast<scalar_t>(gem_from_sum(m, sum, N, pc));
+      y[r] = gem_from_sum(m, sum, N, pc);
     }
   });
 }
 
 template <typename scalar_t>
-void forward_channels_last_f(const GemProblem& prob, const float* p, double eps_d, scalar_t* y) {
+void forward_channels_last_f(const GemProblem& prob, const float* p, double eps_d, float* y) {
   const scalar_t* x = prob.x.const_data_ptr<scalar_t>();
   const int64_t N = prob.N, C = prob.C;
   const float eps = static_cast<float>(eps_d);
@@ -405,7 +426,7 @@ void forward_channels_last_f(const GemProblem& prob, const float* p, double eps_
       }
       tile_pow_sum(tile, ld, N, nc, eps, m, inv_m, pc, sum, full);
       for (int64_t c = 0; c < nc; ++c)
-        y[b * C + c0 + c] = static_cast<scalar_t>(std::isfinite(m[c]) ? gem_from_sum(m[c], sum[c], N, pc[c]) : kNaN);
+        y[b * C + c0 + c] = std::isfinite(m[c]) ? gem_from_sum(m[c], sum[c], N, pc[c]) : m[c];
     }
   });
 }
@@ -413,7 +434,7 @@ void forward_channels_last_f(const GemProblem& prob, const float* p, double eps_
 // The backward pass takes its fast path where y is finite and eps / y a normal float: then, y
 // being the forward's output, x is finite and every q = max(x, eps) / y lies in [eps / y, N^(1/p)].
 template <typename scalar_t>
-void backward_rows_f(const GemProblem& prob, const float* p, double eps_d, const scalar_t* gy, const scalar_t* y,
+void backward_rows_f(const GemProblem& prob, const float* p, double eps_d, const float* gy, const float* y,
                      scalar_t* dx, float* row_dp) {
   const scalar_t* x = prob.x.const_data_ptr<scalar_t>();
   const int64_t N = prob.N, C = prob.C;
@@ -423,7 +444,7 @@ void backward_rows_f(const GemProblem& prob, const float* p, double eps_d, const
     std::vector<float> buf, dx_buf;
     for (int64_t r = begin; r < end; ++r) {
       const float pc = p[prob.p_per_channel ? r % C : 0];
-      const float yr = static_cast<float>(y[r]), g = static_cast<float>(gy[r]);
+      const float yr = y[r], g = gy[r];
       const float inv_y = 1.0f / yr, scale = g / static_cast<float>(N);
       const float* row = as_float(x + r * N, N, 1, N, buf);
       float* dx_row = dx ? dx_float(dx + r * N, N, dx_buf) : nullptr;
@@ -435,8 +456,8 @@ void backward_rows_f(const GemProblem& prob, const float* p, double eps_d, const
 }
 
 template <typename scalar_t>
-void backward_channels_last_f(const GemProblem& prob, const float* p, double eps_d, const scalar_t* gy,
-                              const scalar_t* y, scalar_t* dx, float* row_dp) {
+void backward_channels_last_f(const GemProblem& prob, const float* p, double eps_d, const float* gy,
+                              const float* y, scalar_t* dx, float* row_dp) {
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   const scalar_t* x = prob.x.const_data_ptr<scalar_t>();
   const int64_t N = prob.N, C = prob.C;
@@ -451,9 +472,9 @@ void backward_channels_last_f(const GemProblem& prob, const float* p, double eps
       const int64_t nc = std::min(kChannelBlock, C - c0);
       bool full = false;
       for (int64_t c = 0; c < nc; ++c) {
-        yc[c] = static_cast<float>(y[b * C + c0 + c]);
+        yc[c] = y[b * C + c0 + c];
         inv_y[c] = 1.0f / yc[c];
-        scale[c] = static_cast<float>(gy[b * C + c0 + c]) / static_cast<float>(N);
+        scale[c] = gy[b * C + c0 + c] / static_cast<float>(N);
         pc[c] = p[prob.p_per_channel ? c0 + c : 0];
         acc[c] = 0.0f;
         full |= !fast_ok(yc[c], inv_y[c], eps);
@@ -471,7 +492,8 @@ void backward_channels_last_f(const GemProblem& prob, const float* p, double eps
 }
 
 template <typename scalar_t>
-void forward_impl(const GemProblem& prob, const at::opmath_type<scalar_t>* p, double eps, scalar_t* y) {
+void forward_impl(const GemProblem& prob, const at::opmath_type<scalar_t>* p, double eps,
+                  at::opmath_type<scalar_t>* y) {
   if constexpr (std::is_same_v<scalar_t, double>) {
     if (prob.layout == GemLayout::kRows) forward_rows<scalar_t>(prob, p, eps, y);
     else forward_channels_last<scalar_t>(prob, p, eps, y);
@@ -482,8 +504,9 @@ void forward_impl(const GemProblem& prob, const at::opmath_type<scalar_t>* p, do
 }
 
 template <typename scalar_t>
-void backward_impl(const GemProblem& prob, const at::opmath_type<scalar_t>* p, double eps, const scalar_t* gy,
-                   const scalar_t* y, scalar_t* dx, at::opmath_type<scalar_t>* row_dp) {
+void backward_impl(const GemProblem& prob, const at::opmath_type<scalar_t>* p, double eps,
+                   const at::opmath_type<scalar_t>* gy, const at::opmath_type<scalar_t>* y, scalar_t* dx,
+                   at::opmath_type<scalar_t>* row_dp) {
   if constexpr (std::is_same_v<scalar_t, double>) {
     if (prob.layout == GemLayout::kRows) backward_rows<scalar_t>(prob, p, eps, gy, y, dx, row_dp);
     else backward_channels_last<scalar_t>(prob, p, eps, gy, y, dx, row_dp);
@@ -494,42 +517,27 @@ void backward_impl(const GemProblem& prob, const at::opmath_type<scalar_t>* p, d
 }
 
 at::Tensor gem_pool_cpu(const at::Tensor& x, const at::Tensor& p, double eps) {
-  GemProblem prob = gem_check(x, p, eps);
-  at::Tensor y = at::empty({prob.B, prob.C}, x.options());
-  if (y.numel() == 0) return y;
-  at::Tensor p_acc = p.to(acc_type_for(x.scalar_type())).contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gem_pool_cpu", [&] {
-    forward_impl<scalar_t>(prob, p_acc.const_data_ptr<at::opmath_type<scalar_t>>(), eps,
-                           y.mutable_data_ptr<scalar_t>());
+  return gem_forward(x, p, eps, [&](const GemProblem& prob, const at::Tensor& p_acc, const at::Tensor& y) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gem_pool_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      forward_impl<scalar_t>(prob, p_acc.const_data_ptr<acc_t>(), eps, y.mutable_data_ptr<acc_t>());
+    });
   });
-  return y;
 }
 
 std::tuple<at::Tensor, at::Tensor> gem_pool_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x,
                                                          const at::Tensor& p, const at::Tensor& y, double eps,
                                                          bool x_grad, bool p_grad) {
-  GemProblem prob = gem_check(x, p, eps);
-  gem_check_backward(grad_y, y, prob);
-  const auto acc = acc_type_for(x.scalar_type());
-  // dx has x's strides (a channels_last network stays channels_last); odd layouts that ran on a
-  // contiguous copy of x are copied back into them.
-  at::Tensor dx = x_grad ? at::empty_like(x) : at::empty({0}, x.options());
-  at::Tensor dx_work = x_grad && !prob.x.is_same(x) ? at::empty_like(prob.x) : dx;
-  at::Tensor row_dp = p_grad ? at::zeros({prob.B, prob.C}, x.options().dtype(acc)) : at::Tensor();
-  if (prob.B * prob.C > 0 && (x_grad || p_grad)) {
-    at::Tensor p_acc = p.to(acc).contiguous();
-    at::Tensor gy = grad_y.to(x.scalar_type()).contiguous(), yc = y.contiguous();
+  return gem_backward(grad_y, x, p, y, eps, x_grad, p_grad,
+                      [&](const GemProblem& prob, const at::Tensor& p_acc, const at::Tensor& gy, const at::Tensor& yc,
+                          const at::Tensor& dx, const at::Tensor& row_dp) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gem_pool_backward_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const auto* pp = p_acc.const_data_ptr<acc_t>();
-      scalar_t* dxp = x_grad ? dx_work.mutable_data_ptr<scalar_t>() : nullptr;
-      acc_t* dpp = p_grad ? row_dp.mutable_data_ptr<acc_t>() : nullptr;
-      backward_impl<scalar_t>(prob, pp, eps, gy.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(), dxp, dpp);
+      backward_impl<scalar_t>(prob, p_acc.const_data_ptr<acc_t>(), eps, gy.const_data_ptr<acc_t>(),
+                              yc.const_data_ptr<acc_t>(), dx.defined() ? dx.mutable_data_ptr<scalar_t>() : nullptr,
+                              row_dp.defined() ? row_dp.mutable_data_ptr<acc_t>() : nullptr);
     });
-  }
-  if (!dx_work.is_same(dx)) dx.copy_(dx_work);
-  at::Tensor dp = p_grad ? gem_reduce_grad_p(row_dp, p, prob.p_per_channel) : at::empty({0}, p.options());
-  return {dx, dp};
+  });
 }
 
 }  // namespace

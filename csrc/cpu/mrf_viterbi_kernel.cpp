@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "ops/mrf_viterbi.h"
@@ -14,24 +15,26 @@
 namespace fusedembed {
 namespace {
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+// The decoding type: double for double scores, float otherwise.
+template <typename scalar_t>
+using viterbi_acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 // Sentences per parallel task: enough work per task to amortize scheduling.
 int64_t viterbi_grain(int64_t work_per_sentence) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_sentence));
 }
 
-template <typename scalar_t>
+template <typename acc_t, typename scalar_t>
 bool rows_usable(const scalar_t* x, int64_t rows, int64_t cols, int64_t stride) {
   for (int64_t j = 0; j < rows; ++j)
     for (int64_t t = 0; t < cols; ++t)
-      if (!viterbi_usable(static_cast<float>(x[j * stride + t]))) return false;
+      if (!viterbi_usable(static_cast<acc_t>(x[j * stride + t]))) return false;
   return true;
 }
 
 // Lowest index of the maximum of d[0..n): the tie rule for the last state.
-int64_t first_argmax(const float* d, int64_t n) {
+template <typename acc_t>
+int64_t first_argmax(const acc_t* d, int64_t n) {
   int64_t best = 0;
   for (int64_t t = 1; t < n; ++t)
     if (d[t] > d[best]) best = t;
@@ -48,35 +51,38 @@ void backtrace(const int32_t* bp, int64_t M, int64_t L, int64_t last, int64_t* o
 }
 
 template <typename scalar_t>
-void mrf_cpu_impl(const MrfProblem& p, int64_t* path, float* score) {
+void mrf_cpu_impl(const MrfProblem& p, int64_t* path, viterbi_acc_t<scalar_t>* score) {
+  using acc_t = viterbi_acc_t<scalar_t>;
+  constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
+  constexpr acc_t kNaN = std::numeric_limits<acc_t>::quiet_NaN();
   const scalar_t* unary = p.scores.const_data_ptr<scalar_t>();
-  const float* beta = p.beta.const_data_ptr<float>();
+  const acc_t* beta = p.beta.const_data_ptr<acc_t>();
   const int64_t beta_stride = p.beta.numel() == 1 ? 0 : 1;
   const int64_t* lengths = p.lengths.defined() ? p.lengths.const_data_ptr<int64_t>() : nullptr;
   const int64_t* regions = p.num_regions.defined() ? p.num_regions.const_data_ptr<int64_t>() : nullptr;
   const int64_t N = p.N, M = p.M;
   at::parallel_for(0, p.B, viterbi_grain(N * M), [&](int64_t begin, int64_t end) {
-    std::vector<float> d(M);
+    std::vector<acc_t> d(M);
     std::vector<int32_t> bp;
     for (int64_t b = begin; b < end; ++b) {
       const int64_t L = lengths ? lengths[b] : N, R = regions ? regions[b] : M;
-      const float be = beta[b * beta_stride];
+      const acc_t be = beta[b * beta_stride];
       const scalar_t* u = unary + b * N * M;
       int64_t* out = path + b * N;
       std::fill(out, out + N, int64_t(-1));
-      if (!viterbi_usable(be) || !rows_usable(u, L, R, M)) {
+      if (!viterbi_usable(be) || !rows_usable<acc_t>(u, L, R, M)) {
         score[b] = kNaN;
         continue;
       }
       if (L == 0) {
-        score[b] = 0.f;
+        score[b] = acc_t(0);
         continue;
       }
       if (static_cast<int64_t>(bp.size()) < L * M) bp.resize(L * M);
-      for (int64_t t = 0; t < R; ++t) d[t] = static_cast<float>(u[t]);
+      for (int64_t t = 0; t < R; ++t) d[t] = static_cast<acc_t>(u[t]);
       for (int64_t j = 1; j < L; ++j) {
         // Best and second best of the previous step, lowest index first among equals.
-        float v1 = d[0], v2 = -kInf;
+        acc_t v1 = d[0], v2 = -kInf;
         int32_t i1 = 0, i2 = -1;
         for (int64_t t = 1; t < R; ++t) {
           if (d[t] > v1) {
@@ -87,15 +93,15 @@ void mrf_cpu_impl(const MrfProblem& p, int64_t* path, float* score) {
         }
         const scalar_t* __restrict__ uj = u + j * M;
         int32_t* __restrict__ bj = bp.data() + j * M;
-        float* __restrict__ dd = d.data();
+        acc_t* __restrict__ dd = d.data();
         // Selects, not branches ("stay" is unpredictable on real scores); the integer mask lets
         // GCC vectorize the index select under its default -ftrapping-math.
         for (int32_t t = 0; t < static_cast<int32_t>(R); ++t) {
-          const float sw = t == i1 ? v2 : v1;  // best previous state other than t
+          const acc_t sw = t == i1 ? v2 : v1;  // best previous state other than t
           const int32_t src = t == i1 ? i2 : i1;
-          const float stay_val = dd[t] + be;
+          const acc_t stay_val = dd[t] + be;
           const int32_t stay = -static_cast<int32_t>(stay_val >= sw);
-          dd[t] = static_cast<float>(uj[t]) + (stay_val >= sw ? stay_val : sw);
+          dd[t] = static_cast<acc_t>(uj[t]) + (stay_val >= sw ? stay_val : sw);
           bj[t] = (stay & t) | (~stay & src);
         }
       }
@@ -107,35 +113,37 @@ void mrf_cpu_impl(const MrfProblem& p, int64_t* path, float* score) {
 }
 
 template <typename scalar_t>
-void crf_cpu_impl(const CrfProblem& p, int64_t* path, float* score) {
+void crf_cpu_impl(const CrfProblem& p, int64_t* path, viterbi_acc_t<scalar_t>* score) {
+  using acc_t = viterbi_acc_t<scalar_t>;
+  constexpr acc_t kNaN = std::numeric_limits<acc_t>::quiet_NaN();
   const scalar_t* em = p.scores.const_data_ptr<scalar_t>();
-  const float* trans = p.transitions.const_data_ptr<float>();
-  const float* start = p.start.defined() ? p.start.const_data_ptr<float>() : nullptr;
-  const float* stop = p.end.defined() ? p.end.const_data_ptr<float>() : nullptr;
+  const acc_t* trans = p.transitions.const_data_ptr<acc_t>();
+  const acc_t* start = p.start.defined() ? p.start.const_data_ptr<acc_t>() : nullptr;
+  const acc_t* stop = p.end.defined() ? p.end.const_data_ptr<acc_t>() : nullptr;
   const int64_t* lengths = p.lengths.defined() ? p.lengths.const_data_ptr<int64_t>() : nullptr;
   const int64_t N = p.N, M = p.M;
   // Shared parameters are checked once; per-sentence transitions with their sentence.
-  const bool shared_ok = (p.batched || rows_usable(trans, M, M, M)) && (!start || rows_usable(start, 1, M, M)) &&
-                         (!stop || rows_usable(stop, 1, M, M));
+  const bool shared_ok = (p.batched || rows_usable<acc_t>(trans, M, M, M)) &&
+                         (!start || rows_usable<acc_t>(start, 1, M, M)) && (!stop || rows_usable<acc_t>(stop, 1, M, M));
   at::parallel_for(0, p.B, viterbi_grain(N * M * M), [&](int64_t begin, int64_t end) {
-    std::vector<float> d(M), best(M);
+    std::vector<acc_t> d(M), best(M);
     std::vector<int32_t> arg(M), bp;
     for (int64_t b = begin; b < end; ++b) {
       const int64_t L = lengths ? lengths[b] : N;
       const scalar_t* e = em + b * N * M;
-      const float* T = p.batched ? trans + b * M * M : trans;
+      const acc_t* T = p.batched ? trans + b * M * M : trans;
       int64_t* out = path + b * N;
       std::fill(out, out + N, int64_t(-1));
-      if (!shared_ok || (p.batched && !rows_usable(T, M, M, M)) || !rows_usable(e, L, M, M)) {
+      if (!shared_ok || (p.batched && !rows_usable<acc_t>(T, M, M, M)) || !rows_usable<acc_t>(e, L, M, M)) {
         score[b] = kNaN;
         continue;
       }
       if (L == 0) {
-        score[b] = 0.f;
+        score[b] = acc_t(0);
         continue;
       }
       if (static_cast<int64_t>(bp.size()) < L * M) bp.resize(L * M);
-      for (int64_t t = 0; t < M; ++t) d[t] = start ? static_cast<float>(e[t]) + start[t] : static_cast<float>(e[t]);
+      for (int64_t t = 0; t < M; ++t) d[t] = start ? static_cast<acc_t>(e[t]) + start[t] : static_cast<acc_t>(e[t]);
       for (int64_t j = 1; j < L; ++j) {
         // Staying is the incumbent, so only a strictly better t' replaces it, and the first
         // (lowest) t' reaching the maximum keeps its place: the tie rule.
@@ -143,13 +151,13 @@ void crf_cpu_impl(const CrfProblem& p, int64_t* path, float* score) {
           best[t] = d[t] + T[t * M + t];
           arg[t] = static_cast<int32_t>(t);
         }
-        float* __restrict__ bst = best.data();
+        acc_t* __restrict__ bst = best.data();
         int32_t* __restrict__ ag = arg.data();
         for (int32_t tp = 0; tp < static_cast<int32_t>(M); ++tp) {
-          const float dv = d[tp];
-          const float* __restrict__ row = T + tp * M;
+          const acc_t dv = d[tp];
+          const acc_t* __restrict__ row = T + tp * M;
           for (int64_t t = 0; t < M; ++t) {  // selects with an integer mask: vectorizes (see mrf)
-            const float v = dv + row[t];
+            const acc_t v = dv + row[t];
             const int32_t gt = -static_cast<int32_t>(v > bst[t]);
             bst[t] = v > bst[t] ? v : bst[t];
             ag[t] = (gt & tp) | (~gt & ag[t]);
@@ -158,7 +166,7 @@ void crf_cpu_impl(const CrfProblem& p, int64_t* path, float* score) {
         const scalar_t* ej = e + j * M;
         int32_t* bj = bp.data() + j * M;
         for (int64_t t = 0; t < M; ++t) {
-          d[t] = static_cast<float>(ej[t]) + best[t];
+          d[t] = static_cast<acc_t>(ej[t]) + best[t];
           bj[t] = arg[t];
         }
       }
@@ -174,26 +182,25 @@ void crf_cpu_impl(const CrfProblem& p, int64_t* path, float* score) {
 std::tuple<at::Tensor, at::Tensor> mrf_viterbi_cpu(const at::Tensor& unary, const at::Tensor& beta,
                                                    const std::optional<at::Tensor>& lengths,
                                                    const std::optional<at::Tensor>& num_regions) {
-  MrfProblem prob = mrf_check(unary, beta, lengths, num_regions);
-  auto [path, score] = viterbi_outputs(prob);
-  if (prob.B == 0) return {path, score};
-  AT_DISPATCH_V2(prob.scores.scalar_type(), "mrf_viterbi_cpu", AT_WRAP([&] {
-    mrf_cpu_impl<scalar_t>(prob, path.mutable_data_ptr<int64_t>(), score.mutable_data_ptr<float>());
-  }), at::kFloat, at::kHalf, at::kBFloat16);
-  return {path, score};
+  return mrf_forward(unary, beta, lengths, num_regions, [](const MrfProblem& prob, at::Tensor& path, at::Tensor& score) {
+    AT_DISPATCH_V2(prob.scores.scalar_type(), "mrf_viterbi_cpu", AT_WRAP([&] {
+      mrf_cpu_impl<scalar_t>(prob, path.mutable_data_ptr<int64_t>(),
+                             score.mutable_data_ptr<viterbi_acc_t<scalar_t>>());
+    }), at::kFloat, at::kHalf, at::kBFloat16, at::kDouble);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> crf_viterbi_cpu(const at::Tensor& emissions, const at::Tensor& transitions,
                                                    const std::optional<at::Tensor>& lengths,
                                                    const std::optional<at::Tensor>& start,
                                                    const std::optional<at::Tensor>& end) {
-  CrfProblem prob = crf_check(emissions, transitions, lengths, start, end);
-  auto [path, score] = viterbi_outputs(prob);
-  if (prob.B == 0) return {path, score};
-  AT_DISPATCH_V2(prob.scores.scalar_type(), "crf_viterbi_cpu", AT_WRAP([&] {
-    crf_cpu_impl<scalar_t>(prob, path.mutable_data_ptr<int64_t>(), score.mutable_data_ptr<float>());
-  }), at::kFloat, at::kHalf, at::kBFloat16);
-  return {path, score};
+  return crf_forward(emissions, transitions, lengths, start, end,
+                     [](const CrfProblem& prob, at::Tensor& path, at::Tensor& score) {
+    AT_DISPATCH_V2(prob.scores.scalar_type(), "crf_viterbi_cpu", AT_WRAP([&] {
+      crf_cpu_impl<scalar_t>(prob, path.mutable_data_ptr<int64_t>(),
+                             score.mutable_data_ptr<viterbi_acc_t<scalar_t>>());
+    }), at::kFloat, at::kHalf, at::kBFloat16, at::kDouble);
+  });
 }
 
 }  // namespace

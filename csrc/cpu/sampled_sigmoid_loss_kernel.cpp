@@ -79,15 +79,10 @@ void counts_cpu_impl(const at::Tensor& t, float thr, at::Tensor& counts) {
 }
 
 at::Tensor counts_cpu(const at::Tensor& targets, double pos_threshold) {
-  ssl_check_targets(targets);
-  ssl_check_pos_threshold(pos_threshold);
-  at::Tensor t = targets.contiguous();
-  if (t.scalar_type() == at::kBool) t = t.view(at::kByte);
-  at::Tensor counts = at::zeros({2, t.size(1)}, targets.options().dtype(at::kInt));
-  if (t.numel() == 0) return counts;
-  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, t.scalar_type(), "sampled_sigmoid_loss_counts",
-                                  [&] { counts_cpu_impl<scalar_t>(t, static_cast<float>(pos_threshold), counts); });
-  return counts;
+  return ssl_counts(targets, pos_threshold, [](const at::Tensor& t, float thr, at::Tensor& counts) {
+    AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, t.scalar_type(),
+                                    "sampled_sigmoid_loss_counts", [&] { counts_cpu_impl<scalar_t>(t, thr, counts); });
+  });
 }
 
 // --- float32 path ---------------------------------------------------------------------------
@@ -368,17 +363,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
                                                            std::optional<double> neg_ratio, double empty_keep,
                                                            int64_t seed, int64_t offset, int64_t row_start,
                                                            std::string_view reduction, bool compute_grad) {
-  SslProblem prob = ssl_check(logits, targets, counts, class_weight, pos_weight, pos_threshold, neg_ratio, empty_keep,
-                              seed, offset, row_start, reduction, compute_grad);
-  SslOutputs out = ssl_allocate(prob);
-  if (prob.prm.C == 0) {
-    if (prob.prm.reduction != SslReduction::kNone) out.loss.zero_();
-  } else {
-    ssl_dispatch(prob.logits.scalar_type(), prob.targets.scalar_type(), [&](auto ztag, auto ytag) {
-      forward_cpu_impl<typename decltype(ztag)::type, typename decltype(ytag)::type>(prob, out);
-    });
-  }
-  return {out.loss, out.grad, out.kept};
+  return ssl_forward(logits, targets, counts, class_weight, pos_weight, pos_threshold, neg_ratio, empty_keep, seed,
+                     offset, row_start, reduction, compute_grad,
+                     [](auto ztag, auto ytag, const SslProblem& prob, SslOutputs& out) {
+                       forward_cpu_impl<typename decltype(ztag)::type, typename decltype(ytag)::type>(prob, out);
+                     });
 }
 
 void scale_grad_cpu(const at::Tensor& grad, const at::Tensor& grad_loss) {

@@ -14,6 +14,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "cuda/vec.h"
 #include "ops/gem_pool.h"
 
 namespace fusedembed {
@@ -48,13 +49,14 @@ struct PowSum {
   acc_t l = -INFINITY;
   acc_t s = 0;
 
+  // lv == l counts 1 without the difference: for two +inf it would be NaN (a +inf row pools to +inf).
   __device__ __forceinline__ void add(acc_t v, acc_t p) {
     const acc_t lv = fast_log2(v);
     if (lv > l) {
       s = s * fast_exp2(p * (l - lv)) + acc_t(1);
       l = lv;
     } else {
-      s += fast_exp2(p * (lv - l));  // a NaN lv lands here and poisons s, as it should
+      s += lv == l ? acc_t(1) : fast_exp2(p * (lv - l));  // a NaN lv lands here and poisons s, as it should
     }
     if (lv != lv) l = lv;
   }
@@ -67,7 +69,7 @@ struct PowSum {
       return;
     }
     const acc_t m = l > lo ? l : lo;
-    s = s * fast_exp2(p * (l - m)) + so * fast_exp2(p * (lo - m));
+    s = s * (l == m ? acc_t(1) : fast_exp2(p * (l - m))) + so * (lo == m ? acc_t(1) : fast_exp2(p * (lo - m)));
     l = (l != l || lo != lo) ? acc_t(NAN) : m;
   }
 
@@ -114,7 +116,7 @@ __device__ __forceinline__ acc_t group_sum(acc_t v) {
 template <typename scalar_t, int G, int VEC>
 __global__ void __launch_bounds__(kThreads) forward_rows_kernel(
     const scalar_t* __restrict__ x, const at::opmath_type<scalar_t>* __restrict__ p, bool per_channel,
-    int64_t rows, int64_t C, int64_t N, at::opmath_type<scalar_t> eps, scalar_t* __restrict__ y) {
+    int64_t rows, int64_t C, int64_t N, at::opmath_type<scalar_t> eps, at::opmath_type<scalar_t>* __restrict__ y) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t row = tid / G;
@@ -135,7 +137,7 @@ __global__ void __launch_bounds__(kThreads) forward_rows_kernel(
     const acc_t so = __shfl_xor_sync(0xffffffffu, acc.s, o);
     acc.merge(lo, so, pc);
   }
-  if (active && lane == 0) y[row] = static_cast<scalar_t>(acc.result(N, pc));
+  if (active && lane == 0) y[row] = acc.result(N, pc);
 }
 
 // STAGE (short rows): dx goes to shared memory first and the block's rows, one contiguous span,
@@ -143,8 +145,9 @@ __global__ void __launch_bounds__(kThreads) forward_rows_kernel(
 template <typename scalar_t, int G, int VEC, bool STAGE>
 __global__ void __launch_bounds__(kThreads) backward_rows_kernel(
     const scalar_t* __restrict__ x, const at::opmath_type<scalar_t>* __restrict__ p, bool per_channel,
-    int64_t rows, int64_t C, int64_t N, at::opmath_type<scalar_t> eps, const scalar_t* __restrict__ gy,
-    const scalar_t* __restrict__ y, scalar_t* __restrict__ dx, at::opmath_type<scalar_t>* __restrict__ row_dp) {
+    int64_t rows, int64_t C, int64_t N, at::opmath_type<scalar_t> eps, const at::opmath_type<scalar_t>* __restrict__ gy,
+    const at::opmath_type<scalar_t>* __restrict__ y, scalar_t* __restrict__ dx,
+    at::opmath_type<scalar_t>* __restrict__ row_dp) {
   using acc_t = at::opmath_type<scalar_t>;
   extern __shared__ unsigned char stage_mem[];
   scalar_t* stage = reinterpret_cast<scalar_t*>(stage_mem);
@@ -157,9 +160,9 @@ __global__ void __launch_bounds__(kThreads) backward_rows_kernel(
   acc_t pc = 1, yr = 1, g = 0;
   if (active) {
     pc = p[per_channel ? row % C : 0];
-    yr = static_cast<acc_t>(y[row]);
-    g = static_cast<acc_t>(gy[row]);
-    const acc_t ly = fast_log2(yr), inv_y = acc_t(1) / yr, scale = g / static_cast<acc_t>(N);
+    yr = y[row];
+    g = gy[row];
+    const acc_t ly = fast_log2(yr), scale = g / static_cast<acc_t>(N);
     for_each_pack<scalar_t, VEC>(x + row * N, VEC, lane, N / VEC, G, [&](const Pack<scalar_t, VEC>& pk, int64_t i) {
       Pack<scalar_t, VEC> out;
 #pragma unroll
@@ -169,7 +172,7 @@ __global__ void __launch_bounds__(kThreads) backward_rows_kernel(
         const acc_t t = fast_log2(xc) - ly;                     // log2 q, q = xc / y
         const acc_t qpm1 = fast_exp2((pc - acc_t(1)) * t);      // q^(p-1)
         out.v[k] = static_cast<scalar_t>(v < eps ? acc_t(0) : scale * qpm1);
-        dp_acc += qpm1 * (xc * inv_y) * t;                      // q^p log2 q
+        dp_acc += fast_exp2(pc * t) * t;                        // q^p log2 q, q itself may underflow
       }
       if (!dx) return;
       scalar_t* dst_row = STAGE ? stage + (row - first_row) * N : dx + row * N;
@@ -198,7 +201,7 @@ constexpr int kSlices = kThreads / kLanes;
 template <typename scalar_t, int VEC>
 __global__ void __launch_bounds__(kThreads) forward_cl_kernel(
     const scalar_t* __restrict__ x, const at::opmath_type<scalar_t>* __restrict__ p, bool per_channel, int64_t C,
-    int64_t N, at::opmath_type<scalar_t> eps, scalar_t* __restrict__ y) {
+    int64_t N, at::opmath_type<scalar_t> eps, at::opmath_type<scalar_t>* __restrict__ y) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t sh_l[kSlices][kLanes * VEC];
   __shared__ acc_t sh_s[kSlices][kLanes * VEC];
@@ -227,7 +230,7 @@ __global__ void __launch_bounds__(kThreads) forward_cl_kernel(
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
       for (int j = 1; j < kSlices; ++j) acc[k].merge(sh_l[j][lane * VEC + k], sh_s[j][lane * VEC + k], pc[k]);
-      y[b * C + c0 + k] = static_cast<scalar_t>(acc[k].result(N, pc[k]));
+      y[b * C + c0 + k] = acc[k].result(N, pc[k]);
     }
   }
 }
@@ -235,8 +238,9 @@ __global__ void __launch_bounds__(kThreads) forward_cl_kernel(
 template <typename scalar_t, int VEC>
 __global__ void __launch_bounds__(kThreads) backward_cl_kernel(
     const scalar_t* __restrict__ x, const at::opmath_type<scalar_t>* __restrict__ p, bool per_channel, int64_t C,
-    int64_t N, at::opmath_type<scalar_t> eps, const scalar_t* __restrict__ gy, const scalar_t* __restrict__ y,
-    scalar_t* __restrict__ dx, at::opmath_type<scalar_t>* __restrict__ row_dp) {
+    int64_t N, at::opmath_type<scalar_t> eps, const at::opmath_type<scalar_t>* __restrict__ gy,
+    const at::opmath_type<scalar_t>* __restrict__ y, scalar_t* __restrict__ dx,
+    at::opmath_type<scalar_t>* __restrict__ row_dp) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t sh[kSlices][kLanes * VEC];
   const int lane = threadIdx.x % kLanes, slice = threadIdx.x / kLanes;
@@ -249,10 +253,10 @@ __global__ void __launch_bounds__(kThreads) backward_cl_kernel(
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
       pc[k] = p[per_channel ? c0 + k : 0];
-      const acc_t yr = static_cast<acc_t>(y[b * C + c0 + k]);
+      const acc_t yr = y[b * C + c0 + k];
       ly[k] = fast_log2(yr);
       inv_y[k] = acc_t(1) / yr;
-      scale[k] = static_cast<acc_t>(gy[b * C + c0 + k]) / static_cast<acc_t>(N);
+      scale[k] = gy[b * C + c0 + k] / static_cast<acc_t>(N);
       dp_acc[k] = 0;
     }
     for_each_pack<scalar_t, VEC>(x + b * N * C + c0, C, slice, N, kSlices, [&](const Pack<scalar_t, VEC>& pk, int64_t s) {
@@ -265,7 +269,7 @@ __global__ void __launch_bounds__(kThreads) backward_cl_kernel(
         const acc_t t = fast_log2(xc) - ly[k];
         const acc_t qpm1 = fast_exp2((pc[k] - acc_t(1)) * t);
         out.v[k] = static_cast<scalar_t>(v < eps ? acc_t(0) : scale[k] * qpm1);
-        dp_acc[k] += qpm1 * (xc * inv_y[k]) * t;
+        dp_acc[k] += fast_exp2(pc[k] * t) * t;
       }
       if (dx) *reinterpret_cast<Pack<scalar_t, VEC>*>(dx + off) = out;
     });
@@ -289,14 +293,9 @@ __global__ void __launch_bounds__(kThreads) backward_cl_kernel(
 
 // Widest vector (<= 16 bytes) that every access of this layout can use.
 template <typename scalar_t>
-int vec_width(const GemProblem& prob, const void* a, const void* b) {
-  const int64_t inner = prob.layout == GemLayout::kRows ? prob.N : prob.C;
-  for (int vec = 16 / static_cast<int>(sizeof(scalar_t)); vec > 1; vec /= 2) {
-    const auto bytes = static_cast<uintptr_t>(vec * sizeof(scalar_t));
-    if (inner % vec == 0 && reinterpret_cast<uintptr_t>(a) % bytes == 0 && reinterpret_cast<uintptr_t>(b) % bytes == 0)
-      return vec;
-  }
-  return 1;
+int gem_vec_width(const GemProblem& prob, const scalar_t* x, const scalar_t* dx) {
+  return vec_width(16 / static_cast<int>(sizeof(scalar_t)),
+                   prob.layout == GemLayout::kRows ? prob.N : prob.C, x, dx);
 }
 
 // Lanes per row, a power of two up to a warp: about 16 vector loads per lane, so short rows
@@ -306,16 +305,6 @@ inline int group_size(int64_t N, int vec) {
   int g = 1;
   while (g < 32 && g < per_lane) g *= 2;
   return g;
-}
-
-template <typename F>
-void with_vec(int vec, F&& f) {
-  switch (vec) {
-    case 8: f(std::integral_constant<int, 8>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    default: f(std::integral_constant<int, 1>{});
-  }
 }
 
 template <typename F>
@@ -331,68 +320,58 @@ void with_group(int g, F&& f) {
 }
 
 at::Tensor gem_pool_cuda(const at::Tensor& x, const at::Tensor& p, double eps) {
-  GemProblem prob = gem_check(x, p, eps);
   c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor y = at::empty({prob.B, prob.C}, x.options());
-  const int64_t rows = prob.B * prob.C;
-  if (rows == 0) return y;
-  at::Tensor p_acc = p.to(acc_type_for(x.scalar_type())).contiguous();
-  auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gem_pool_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = prob.x.const_data_ptr<scalar_t>();
-    const acc_t* pp = p_acc.const_data_ptr<acc_t>();
-    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    const int vec = vec_width<scalar_t>(prob, xp, xp);
-    with_vec(vec, [&](auto V) {
-      if (prob.layout == GemLayout::kRows) {
-        with_group(group_size(prob.N, V), [&](auto G) {
-          const int64_t blocks = (rows * G + kThreads - 1) / kThreads;
-          forward_rows_kernel<scalar_t, G, V><<<blocks, kThreads, 0, stream>>>(
-              xp, pp, prob.p_per_channel, rows, prob.C, prob.N, static_cast<acc_t>(eps), yp);
-        });
-      } else {
-        const int64_t blocks = prob.B * ((prob.C / V + kLanes - 1) / kLanes);
-        forward_cl_kernel<scalar_t, V><<<blocks, kThreads, 0, stream>>>(
-            xp, pp, prob.p_per_channel, prob.C, prob.N, static_cast<acc_t>(eps), yp);
-      }
+  return gem_forward(x, p, eps, [&](const GemProblem& prob, const at::Tensor& p_acc, const at::Tensor& y) {
+    const int64_t rows = prob.B * prob.C;
+    auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gem_pool_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* xp = prob.x.const_data_ptr<scalar_t>();
+      const acc_t* pp = p_acc.const_data_ptr<acc_t>();
+      acc_t* yp = y.mutable_data_ptr<acc_t>();
+      with_vec<8>(gem_vec_width<scalar_t>(prob, xp, xp), [&](auto V) {
+        if (prob.layout == GemLayout::kRows) {
+          with_group(group_size(prob.N, V), [&](auto G) {
+            const int64_t blocks = (rows * G + kThreads - 1) / kThreads;
+            forward_rows_kernel<scalar_t, G, V><<<blocks, kThreads, 0, stream>>>(
+                xp, pp, prob.p_per_channel, rows, prob.C, prob.N, static_cast<acc_t>(eps), yp);
+          });
+        } else {
+          const int64_t blocks = prob.B * ((prob.C / V + kLanes - 1) / kLanes);
+          forward_cl_kernel<scalar_t, V><<<blocks, kThreads, 0, stream>>>(
+              xp, pp, prob.p_per_channel, prob.C, prob.N, static_cast<acc_t>(eps), yp);
+        }
+      });
     });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return y;
 }
 
 std::tuple<at::Tensor, at::Tensor> gem_pool_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x,
                                                           const at::Tensor& p, const at::Tensor& y, double eps,
                                                           bool x_grad, bool p_grad) {
-  GemProblem prob = gem_check(x, p, eps);
-  gem_check_backward(grad_y, y, prob);
   c10::cuda::CUDAGuard guard(x.device());
-  const auto acc = acc_type_for(x.scalar_type());
-  at::Tensor dx = x_grad ? at::empty_like(x) : at::empty({0}, x.options());
-  at::Tensor dx_work = x_grad && !prob.x.is_same(x) ? at::empty_like(prob.x) : dx;
-  at::Tensor row_dp = p_grad ? at::empty({prob.B, prob.C}, x.options().dtype(acc)) : at::Tensor();
-  const int64_t rows = prob.B * prob.C;
-  if (rows > 0 && (x_grad || p_grad)) {
-    at::Tensor p_acc = p.to(acc).contiguous();
-    at::Tensor gy = grad_y.to(x.scalar_type()).contiguous(), yc = y.contiguous();
+  return gem_backward(grad_y, x, p, y, eps, x_grad, p_grad,
+                      [&](const GemProblem& prob, const at::Tensor& p_acc, const at::Tensor& gy, const at::Tensor& yc,
+                          const at::Tensor& dx, const at::Tensor& row_dp) {
+    const int64_t rows = prob.B * prob.C;
     auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gem_pool_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* xp = prob.x.const_data_ptr<scalar_t>();
-      scalar_t* dxp = x_grad ? dx_work.mutable_data_ptr<scalar_t>() : nullptr;
-      acc_t* dpp = p_grad ? row_dp.mutable_data_ptr<acc_t>() : nullptr;
+      scalar_t* dxp = dx.defined() ? dx.mutable_data_ptr<scalar_t>() : nullptr;
+      acc_t* dpp = row_dp.defined() ? row_dp.mutable_data_ptr<acc_t>() : nullptr;
       const acc_t* pp = p_acc.const_data_ptr<acc_t>();
-      const int vec = vec_width<scalar_t>(prob, xp, dxp ? static_cast<const void*>(dxp) : xp);
-      with_vec(vec, [&](auto V) {
+      const acc_t* gyp = gy.const_data_ptr<acc_t>();
+      const acc_t* yp = yc.const_data_ptr<acc_t>();
+      with_vec<8>(gem_vec_width<scalar_t>(prob, xp, dxp ? dxp : xp), [&](auto V) {
         if (prob.layout == GemLayout::kRows) {
           with_group(group_size(prob.N, V), [&](auto G) {
             const int64_t blocks = (rows * G + kThreads - 1) / kThreads;
             const int64_t stage_bytes = (kThreads / G) * prob.N * static_cast<int64_t>(sizeof(scalar_t));
             auto launch = [&](auto kernel, int64_t smem) {
               kernel<<<blocks, kThreads, smem, stream>>>(xp, pp, prob.p_per_channel, rows, prob.C, prob.N,
-                                                         static_cast<acc_t>(eps), gy.const_data_ptr<scalar_t>(),
-                                                         yc.const_data_ptr<scalar_t>(), dxp, dpp);
+                                                         static_cast<acc_t>(eps), gyp, yp, dxp, dpp);
             };
             // Rows that are not whole 16-byte vectors and fit the default 48 KB are staged.
             if (V == 1 && dxp && stage_bytes <= 48 * 1024)
@@ -403,16 +382,12 @@ std::tuple<at::Tensor, at::Tensor> gem_pool_backward_cuda(const at::Tensor& grad
         } else {
           const int64_t blocks = prob.B * ((prob.C / V + kLanes - 1) / kLanes);
           backward_cl_kernel<scalar_t, V><<<blocks, kThreads, 0, stream>>>(
-              xp, pp, prob.p_per_channel, prob.C, prob.N, static_cast<acc_t>(eps), gy.const_data_ptr<scalar_t>(),
-              yc.const_data_ptr<scalar_t>(), dxp, dpp);
+              xp, pp, prob.p_per_channel, prob.C, prob.N, static_cast<acc_t>(eps), gyp, yp, dxp, dpp);
         }
       });
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  if (!dx_work.is_same(dx)) dx.copy_(dx_work);
-  at::Tensor dp = p_grad ? gem_reduce_grad_p(row_dp, p, prob.p_per_channel) : at::empty({0}, p.options());
-  return {dx, dp};
+  });
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "ops/mrf_viterbi.h"
@@ -29,19 +30,27 @@ constexpr int kBlockThreads = 128;
 constexpr int64_t kSharedBudget = 48 * 1024;  // dynamic shared memory without an opt-in
 constexpr int kNoState = 0x7fffffff;          // an empty top-2 slot: loses every tie
 
-__device__ __forceinline__ float inf_f() { return __int_as_float(0x7f800000); }
-__device__ __forceinline__ float nan_f() { return __int_as_float(0x7fc00000); }
-__device__ __forceinline__ bool usable(float v) { return v < inf_f(); }  // false for NaN and +inf
+// The decoding type: double for double scores, float otherwise.
+template <typename scalar_t>
+using vacc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+template <typename T>
+__device__ __forceinline__ T inf_v() { return T(INFINITY); }
+template <typename T>
+__device__ __forceinline__ bool usable(T v) { return v < inf_v<T>(); }  // false for NaN and +inf
 
 // The tie rule as an order: higher value first, then lower index.
-__device__ __forceinline__ bool better(float a, int ia, float b, int ib) { return a > b || (a == b && ia < ib); }
+template <typename T>
+__device__ __forceinline__ bool better(T a, int ia, T b, int ib) { return a > b || (a == b && ia < ib); }
 
+template <typename T>
 struct Top2 {
-  float v1, v2;
+  T v1, v2;
   int i1, i2;
 };
 
-__device__ __forceinline__ void top2_push(Top2& s, float v, int i) {
+template <typename T>
+__device__ __forceinline__ void top2_push(Top2<T>& s, T v, int i) {
   if (better(v, i, s.v1, s.i1)) {
     s.v2 = s.v1, s.i2 = s.i1, s.v1 = v, s.i1 = i;
   } else if (better(v, i, s.v2, s.i2)) {
@@ -51,11 +60,11 @@ __device__ __forceinline__ void top2_push(Top2& s, float v, int i) {
 
 // Top two of the group's states. Lanes hold disjoint states and `better` is a strict total order,
 // so both partners of every exchange compute the same merge.
-template <int W>
-__device__ __forceinline__ Top2 group_top2(Top2 s) {
+template <int W, typename T>
+__device__ __forceinline__ Top2<T> group_top2(Top2<T> s) {
 #pragma unroll
   for (int off = W / 2; off > 0; off >>= 1) {
-    const float ov1 = __shfl_xor_sync(kFullMask, s.v1, off, W), ov2 = __shfl_xor_sync(kFullMask, s.v2, off, W);
+    const T ov1 = __shfl_xor_sync(kFullMask, s.v1, off, W), ov2 = __shfl_xor_sync(kFullMask, s.v2, off, W);
     const int oi1 = __shfl_xor_sync(kFullMask, s.i1, off, W), oi2 = __shfl_xor_sync(kFullMask, s.i2, off, W);
     if (better(ov1, oi1, s.v1, s.i1)) {
       if (!better(s.v1, s.i1, ov2, oi2)) s.v1 = ov2, s.i1 = oi2;  // s.v1 becomes the second
@@ -67,11 +76,11 @@ __device__ __forceinline__ Top2 group_top2(Top2 s) {
   return s;
 }
 
-template <int W>
-__device__ __forceinline__ void group_best(float& v, int& i) {
+template <int W, typename T>
+__device__ __forceinline__ void group_best(T& v, int& i) {
 #pragma unroll
   for (int off = W / 2; off > 0; off >>= 1) {
-    const float ov = __shfl_xor_sync(kFullMask, v, off, W);
+    const T ov = __shfl_xor_sync(kFullMask, v, off, W);
     const int oi = __shfl_xor_sync(kFullMask, i, off, W);
     if (better(ov, oi, v, i)) v = ov, i = oi;
   }
@@ -113,19 +122,20 @@ struct Layout {
 
 // ------------------------------------------------------------------------------------ mrf
 
-// Per group: K == 0 keeps the scores in scratch (M floats); then per step j, `chunks` ballot
+// Per group: K == 0 keeps the scores in scratch (M values); then per step j, `chunks` ballot
 // words of "stayed" bits and one word packing the two best previous states (i1 | i2 << 16).
 template <typename scalar_t>
 struct MrfArgs {
+  using acc_t = vacc_t<scalar_t>;
   const scalar_t* unary;
-  const float* beta;
+  const acc_t* beta;
   int64_t beta_stride;
   const int64_t* lengths;
   const int64_t* regions;
   int64_t B;
   int N, M, chunks;
   int64_t* path;
-  float* score;
+  acc_t* score;
   Layout lay;
   bool in_shared;
   int64_t delta_bytes;  // offset of the step words inside the group's scratch
@@ -136,6 +146,7 @@ struct MrfArgs {
 // the current step reduces; K == 0 (more than 256 states): scores in scratch, no prefetch.
 template <typename scalar_t, int W, int K>
 __global__ void __launch_bounds__(kBlockThreads) mrf_viterbi_kernel(const MrfArgs<scalar_t> a) {
+  using acc_t = vacc_t<scalar_t>;
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int KR = K > 0 ? K : 1;
   const int lane = threadIdx.x % W, sub = threadIdx.x / W;
@@ -143,11 +154,11 @@ __global__ void __launch_bounds__(kBlockThreads) mrf_viterbi_kernel(const MrfArg
   const int N = a.N, M = a.M, nk = K > 0 ? K : a.chunks;
   unsigned char* base = a.in_shared ? smem + static_cast<int64_t>(sub) * a.lay.group_shared
                                     : a.scratch + b * a.lay.group_global;
-  float* dmem = reinterpret_cast<float*>(base);
+  acc_t* dmem = reinterpret_cast<acc_t*>(base);
   uint32_t* words = reinterpret_cast<uint32_t*>(base + a.delta_bytes);
 
   int L = 0, R = 1;
-  float beta = 0.f;
+  acc_t beta = acc_t(0);
   bool bad = false;
   if (b < a.B) {
     const int64_t l = a.lengths ? a.lengths[b] : N, r = a.regions ? a.regions[b] : M;
@@ -158,14 +169,14 @@ __global__ void __launch_bounds__(kBlockThreads) mrf_viterbi_kernel(const MrfArg
   const int steps = warp_steps<W>(L);
   const scalar_t* u = a.unary + (b < a.B ? b : 0) * static_cast<int64_t>(N) * M;
 
-  float dreg[KR];
-  float unext[KR];
-  auto D = [&](int k) -> float& {
+  acc_t dreg[KR];
+  acc_t unext[KR];
+  auto D = [&](int k) -> acc_t& {
     if constexpr (K > 0) return dreg[k];
     else return dmem[lane + k * W];
   };
-  auto load = [&](int j, int t) -> float {
-    const float v = static_cast<float>(u[static_cast<int64_t>(j) * M + t]);
+  auto load = [&](int j, int t) -> acc_t {
+    const acc_t v = static_cast<acc_t>(u[static_cast<int64_t>(j) * M + t]);
     bad |= !usable(v);
     return v;
   };
@@ -179,21 +190,21 @@ __global__ void __launch_bounds__(kBlockThreads) mrf_viterbi_kernel(const MrfArg
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int t = lane + k * W;
-      unext[k] = 1 < L && t < R ? load(1, t) : 0.f;
+      unext[k] = 1 < L && t < R ? load(1, t) : acc_t(0);
     }
   }
   for (int j = 1; j < steps; ++j) {
     const bool active = j < L;
-    float ucur[KR];
+    acc_t ucur[KR];
     if constexpr (K > 0) {
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         const int t = lane + k * W;
         ucur[k] = unext[k];
-        unext[k] = j + 1 < L && t < R ? load(j + 1, t) : 0.f;
+        unext[k] = j + 1 < L && t < R ? load(j + 1, t) : acc_t(0);
       }
     }
-    Top2 s{-inf_f(), -inf_f(), kNoState, kNoState};
+    Top2<acc_t> s{-inf_v<acc_t>(), -inf_v<acc_t>(), kNoState, kNoState};
 #pragma unroll
     for (int k = 0; k < nk; ++k)
       if (lane + k * W < R) top2_push(s, D(k), lane + k * W);
@@ -204,12 +215,12 @@ __global__ void __launch_bounds__(kBlockThreads) mrf_viterbi_kernel(const MrfArg
       const int t = lane + k * W;
       bool stay = false;
       if (active && t < R) {
-        float uj;
+        acc_t uj;
         if constexpr (K > 0) uj = ucur[k];
         else uj = load(j, t);
-        const float stay_val = D(k) + beta;
+        const acc_t stay_val = D(k) + beta;
         const bool is1 = t == s.i1;
-        const float sw = is1 ? s.v2 : s.v1;  // best previous state other than t
+        const acc_t sw = is1 ? s.v2 : s.v1;  // best previous state other than t
         stay = stay_val >= sw;
         D(k) = uj + (stay ? stay_val : sw);
       }
@@ -219,7 +230,7 @@ __global__ void __launch_bounds__(kBlockThreads) mrf_viterbi_kernel(const MrfArg
     if (active && lane == 0) wj[nk] = static_cast<uint32_t>(s.i1) | (static_cast<uint32_t>(s.i2 & 0xffff) << 16);
   }
 
-  float best = -inf_f();
+  acc_t best = -inf_v<acc_t>();
   int last = kNoState;
 #pragma unroll
   for (int k = 0; k < nk; ++k)
@@ -231,7 +242,7 @@ __global__ void __launch_bounds__(kBlockThreads) mrf_viterbi_kernel(const MrfArg
   const int valid = bad ? 0 : L;
   for (int j = valid + lane; j < N; j += W) out[j] = -1;
   if (lane != 0) return;
-  a.score[b] = bad ? nan_f() : (L == 0 ? 0.f : best);
+  a.score[b] = bad ? acc_t(NAN) : (L == 0 ? acc_t(0) : best);
   if (valid == 0) return;
   // Lane 0 wrote every step word, so it reads them back without a barrier.
   int cur = last;
@@ -251,16 +262,17 @@ __global__ void __launch_bounds__(kBlockThreads) mrf_viterbi_kernel(const MrfArg
 
 template <typename scalar_t>
 struct CrfArgs {
+  using acc_t = vacc_t<scalar_t>;
   const scalar_t* emissions;
-  const float* trans;
+  const acc_t* trans;
   bool batched;
-  const float* start;
-  const float* end;
+  const acc_t* start;
+  const acc_t* end;
   const int64_t* lengths;
   int64_t B;
   int N, M;
   int64_t* path;
-  float* score;
+  acc_t* score;
   Layout lay;
   bool trans_shared, delta_shared, bp_shared;
   int64_t trans_off, delta_off, bp_off;  // inside the group's shared or global part (trans: if batched)
@@ -269,6 +281,7 @@ struct CrfArgs {
 
 template <typename scalar_t, typename bp_t, int W>
 __global__ void __launch_bounds__(kBlockThreads) crf_viterbi_kernel(const CrfArgs<scalar_t> a) {
+  using acc_t = vacc_t<scalar_t>;
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x % W, sub = threadIdx.x / W;
   const int64_t b = static_cast<int64_t>(blockIdx.x) * a.lay.groups + sub;
@@ -279,23 +292,23 @@ __global__ void __launch_bounds__(kBlockThreads) crf_viterbi_kernel(const CrfArg
   unsigned char* ggl = a.scratch ? a.scratch + b * a.lay.group_global : nullptr;
 
   bool bad = false;
-  const float* T;
+  const acc_t* T;
   if (a.trans_shared && !a.batched) {
     // One copy for the block; its check is shared through the barrier.
-    float* Ts = reinterpret_cast<float*>(smem);
+    acc_t* Ts = reinterpret_cast<acc_t*>(smem);
     int tbad = 0;
     for (int64_t i = threadIdx.x; i < MM; i += blockDim.x) {
-      const float v = a.trans[i];
+      const acc_t v = a.trans[i];
       tbad |= !usable(v);
       Ts[i] = v;
     }
     bad = __syncthreads_or(tbad);
     T = Ts;
   } else {
-    const float* Tg = a.trans + (a.batched && live ? b * MM : 0);
-    float* Ts = a.trans_shared ? reinterpret_cast<float*>(gsh + a.trans_off) : nullptr;
+    const acc_t* Tg = a.trans + (a.batched && live ? b * MM : 0);
+    acc_t* Ts = a.trans_shared ? reinterpret_cast<acc_t*>(gsh + a.trans_off) : nullptr;
     for (int64_t i = lane; i < MM && live; i += W) {
-      const float v = Tg[i];
+      const acc_t v = Tg[i];
       bad |= !usable(v);
       if (Ts) Ts[i] = v;
     }
@@ -316,32 +329,32 @@ __global__ void __launch_bounds__(kBlockThreads) crf_viterbi_kernel(const CrfArg
   L = group_any<W>(bad) ? 0 : L;
   const int steps = warp_steps<W>(L);
   const scalar_t* e = a.emissions + (live ? b : 0) * static_cast<int64_t>(N) * M;
-  float* d0 = reinterpret_cast<float*>((a.delta_shared ? gsh : ggl) + a.delta_off);
-  float* d1 = d0 + M;
+  acc_t* d0 = reinterpret_cast<acc_t*>((a.delta_shared ? gsh : ggl) + a.delta_off);
+  acc_t* d1 = d0 + M;
   bp_t* bp = reinterpret_cast<bp_t*>((a.bp_shared ? gsh : ggl) + a.bp_off);
 
   for (int t = lane; t < M && L > 0; t += W) {
-    float v = static_cast<float>(e[t]);
+    acc_t v = static_cast<acc_t>(e[t]);
     bad |= !usable(v);
     if (a.start) v = v + a.start[t];
     d0[t] = v;
   }
   __syncwarp();
-  float* cur = d0;
-  float* nxt = d1;
+  acc_t* cur = d0;
+  acc_t* nxt = d1;
   for (int j = 1; j < steps; ++j) {
     if (j < L) {
       const scalar_t* ej = e + static_cast<int64_t>(j) * M;
       bp_t* bj = bp + static_cast<int64_t>(j) * M;
       for (int t = lane; t < M; t += W) {
-        const float ev = static_cast<float>(ej[t]);  // issued early, used after the loop
+        const acc_t ev = static_cast<acc_t>(ej[t]);  // issued early, used after the loop
         // Staying is the incumbent; only a strictly better t' replaces it, and the lowest t'
         // reaching the maximum keeps its place: the tie rule.
-        float best = cur[t] + T[static_cast<int64_t>(t) * M + t];
+        acc_t best = cur[t] + T[static_cast<int64_t>(t) * M + t];
         int arg = t;
 #pragma unroll 4
         for (int tp = 0; tp < M; ++tp) {
-          const float v = cur[tp] + T[static_cast<int64_t>(tp) * M + t];
+          const acc_t v = cur[tp] + T[static_cast<int64_t>(tp) * M + t];
           if (v > best) best = v, arg = tp;
         }
         bad |= !usable(ev);
@@ -351,16 +364,16 @@ __global__ void __launch_bounds__(kBlockThreads) crf_viterbi_kernel(const CrfArg
     }
     __syncwarp();  // next step reads all of nxt and overwrites cur
     if (j < L) {   // a finished group keeps its last scores in cur
-      float* tmp = cur;
+      acc_t* tmp = cur;
       cur = nxt;
       nxt = tmp;
     }
   }
 
-  float best = -inf_f();
+  acc_t best = -inf_v<acc_t>();
   int last = kNoState;
   for (int t = lane; t < M && L > 0; t += W) {
-    const float v = a.end ? cur[t] + a.end[t] : cur[t];
+    const acc_t v = a.end ? cur[t] + a.end[t] : cur[t];
     if (better(v, t, best, last)) best = v, last = t;
   }
   group_best<W>(best, last);
@@ -370,7 +383,7 @@ __global__ void __launch_bounds__(kBlockThreads) crf_viterbi_kernel(const CrfArg
   const int valid = bad ? 0 : L;
   for (int j = valid + lane; j < N; j += W) out[j] = -1;
   if (lane != 0) return;
-  a.score[b] = bad ? nan_f() : (L == 0 ? 0.f : best);
+  a.score[b] = bad ? acc_t(NAN) : (L == 0 ? acc_t(0) : best);
   if (valid == 0) return;
   // Backpointers were written by every lane before the last __syncwarp.
   int c = last;
@@ -437,13 +450,14 @@ at::Tensor global_scratch(const at::Tensor& like, int64_t blocks, const Layout& 
 
 template <typename scalar_t, int W, int K>
 void launch_mrf(const MrfProblem& p, const at::Tensor& path, const at::Tensor& score) {
+  using acc_t = vacc_t<scalar_t>;
   const int chunks = static_cast<int>((p.M + W - 1) / W);
-  const int64_t delta_bytes = K == 0 ? round16(p.M * 4) : 0;
+  const int64_t delta_bytes = K == 0 ? round16(p.M * static_cast<int64_t>(sizeof(acc_t))) : 0;
   const int64_t bytes = delta_bytes + p.N * static_cast<int64_t>(chunks + 1) * 4;
   const Plan plan = plan_layout({{bytes, false, false}}, {1u, 0u}, W);
   MrfArgs<scalar_t> a;
   a.unary = p.scores.const_data_ptr<scalar_t>();
-  a.beta = p.beta.const_data_ptr<float>();
+  a.beta = p.beta.const_data_ptr<acc_t>();
   a.beta_stride = p.beta.numel() == 1 ? 0 : 1;
   a.lengths = p.lengths.defined() ? p.lengths.const_data_ptr<int64_t>() : nullptr;
   a.regions = p.num_regions.defined() ? p.num_regions.const_data_ptr<int64_t>() : nullptr;
@@ -452,7 +466,7 @@ void launch_mrf(const MrfProblem& p, const at::Tensor& path, const at::Tensor& s
   a.M = static_cast<int>(p.M);
   a.chunks = chunks;
   a.path = path.mutable_data_ptr<int64_t>();
-  a.score = score.mutable_data_ptr<float>();
+  a.score = score.mutable_data_ptr<acc_t>();
   a.lay = plan.lay;
   a.in_shared = plan.shared_mask == 1u;
   a.delta_bytes = delta_bytes;
@@ -468,26 +482,28 @@ void launch_mrf(const MrfProblem& p, const at::Tensor& path, const at::Tensor& s
 
 template <typename scalar_t, typename bp_t, int W>
 void launch_crf(const CrfProblem& p, const at::Tensor& path, const at::Tensor& score) {
+  using acc_t = vacc_t<scalar_t>;
+  constexpr int64_t kValue = sizeof(acc_t);
   const int64_t M = p.M;
   // Preference: everything in shared; then backpointers out (rarely touched); then the
   // transitions (read in place from global, L1/L2-cached); the scores double buffer last.
   constexpr unsigned kT = 1u, kD = 2u, kBP = 4u;
-  const std::vector<Part> parts = {{M * M * 4, !p.batched, true},
-                                   {2 * M * 4, false, false},
+  const std::vector<Part> parts = {{M * M * kValue, !p.batched, true},
+                                   {2 * M * kValue, false, false},
                                    {p.N * M * static_cast<int64_t>(sizeof(bp_t)), false, false}};
   const Plan plan = plan_layout(parts, {kT | kD | kBP, kT | kD, kD | kBP, kD, 0u}, W);
   CrfArgs<scalar_t> a;
   a.emissions = p.scores.const_data_ptr<scalar_t>();
-  a.trans = p.transitions.const_data_ptr<float>();
+  a.trans = p.transitions.const_data_ptr<acc_t>();
   a.batched = p.batched;
-  a.start = p.start.defined() ? p.start.const_data_ptr<float>() : nullptr;
-  a.end = p.end.defined() ? p.end.const_data_ptr<float>() : nullptr;
+  a.start = p.start.defined() ? p.start.const_data_ptr<acc_t>() : nullptr;
+  a.end = p.end.defined() ? p.end.const_data_ptr<acc_t>() : nullptr;
   a.lengths = p.lengths.defined() ? p.lengths.const_data_ptr<int64_t>() : nullptr;
   a.B = p.B;
   a.N = static_cast<int>(p.N);
   a.M = static_cast<int>(M);
   a.path = path.mutable_data_ptr<int64_t>();
-  a.score = score.mutable_data_ptr<float>();
+  a.score = score.mutable_data_ptr<acc_t>();
   a.lay = plan.lay;
   a.trans_shared = plan.shared_mask & kT;
   a.delta_shared = plan.shared_mask & kD;
@@ -508,39 +524,36 @@ void launch_crf(const CrfProblem& p, const at::Tensor& path, const at::Tensor& s
 std::tuple<at::Tensor, at::Tensor> mrf_viterbi_cuda(const at::Tensor& unary, const at::Tensor& beta,
                                                     const std::optional<at::Tensor>& lengths,
                                                     const std::optional<at::Tensor>& num_regions) {
-  MrfProblem prob = mrf_check(unary, beta, lengths, num_regions);
-  auto [path, score] = viterbi_outputs(prob);
-  if (prob.B == 0) return {path, score};
   const c10::cuda::CUDAGuard guard(unary.device());
-  AT_DISPATCH_V2(prob.scores.scalar_type(), "mrf_viterbi_cuda", AT_WRAP([&] {
-    const int64_t M = prob.M;
-    if (M <= 8) launch_mrf<scalar_t, 8, 1>(prob, path, score);
-    else if (M <= 16) launch_mrf<scalar_t, 16, 1>(prob, path, score);
-    else if (M <= 32) launch_mrf<scalar_t, 32, 1>(prob, path, score);
-    else if (M <= 64) launch_mrf<scalar_t, 32, 2>(prob, path, score);
-    else if (M <= 128) launch_mrf<scalar_t, 32, 4>(prob, path, score);
-    else if (M <= 256) launch_mrf<scalar_t, 32, 8>(prob, path, score);
-    else launch_mrf<scalar_t, 32, 0>(prob, path, score);
-  }), at::kFloat, at::kHalf, at::kBFloat16);
-  return {path, score};
+  return mrf_forward(unary, beta, lengths, num_regions, [](const MrfProblem& prob, at::Tensor& path, at::Tensor& score) {
+    AT_DISPATCH_V2(prob.scores.scalar_type(), "mrf_viterbi_cuda", AT_WRAP([&] {
+      const int64_t M = prob.M;
+      if (M <= 8) launch_mrf<scalar_t, 8, 1>(prob, path, score);
+      else if (M <= 16) launch_mrf<scalar_t, 16, 1>(prob, path, score);
+      else if (M <= 32) launch_mrf<scalar_t, 32, 1>(prob, path, score);
+      else if (M <= 64) launch_mrf<scalar_t, 32, 2>(prob, path, score);
+      else if (M <= 128) launch_mrf<scalar_t, 32, 4>(prob, path, score);
+      else if (M <= 256) launch_mrf<scalar_t, 32, 8>(prob, path, score);
+      else launch_mrf<scalar_t, 32, 0>(prob, path, score);
+    }), at::kFloat, at::kHalf, at::kBFloat16, at::kDouble);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> crf_viterbi_cuda(const at::Tensor& emissions, const at::Tensor& transitions,
                                                     const std::optional<at::Tensor>& lengths,
                                                     const std::optional<at::Tensor>& start,
                                                     const std::optional<at::Tensor>& end) {
-  CrfProblem prob = crf_check(emissions, transitions, lengths, start, end);
-  auto [path, score] = viterbi_outputs(prob);
-  if (prob.B == 0) return {path, score};
   const c10::cuda::CUDAGuard guard(emissions.device());
-  AT_DISPATCH_V2(prob.scores.scalar_type(), "crf_viterbi_cuda", AT_WRAP([&] {
-    const int64_t M = prob.M;
-    if (M <= 8) launch_crf<scalar_t, uint8_t, 8>(prob, path, score);
-    else if (M <= 16) launch_crf<scalar_t, uint8_t, 16>(prob, path, score);
-    else if (M <= 255) launch_crf<scalar_t, uint8_t, 32>(prob, path, score);
-    else launch_crf<scalar_t, uint16_t, 32>(prob, path, score);
-  }), at::kFloat, at::kHalf, at::kBFloat16);
-  return {path, score};
+  return crf_forward(emissions, transitions, lengths, start, end,
+                     [](const CrfProblem& prob, at::Tensor& path, at::Tensor& score) {
+    AT_DISPATCH_V2(prob.scores.scalar_type(), "crf_viterbi_cuda", AT_WRAP([&] {
+      const int64_t M = prob.M;
+      if (M <= 8) launch_crf<scalar_t, uint8_t, 8>(prob, path, score);
+      else if (M <= 16) launch_crf<scalar_t, uint8_t, 16>(prob, path, score);
+      else if (M <= 255) launch_crf<scalar_t, uint8_t, 32>(prob, path, score);
+      else launch_crf<scalar_t, uint16_t, 32>(prob, path, score);
+    }), at::kFloat, at::kHalf, at::kBFloat16, at::kDouble);
+  });
 }
 
 }  // namespace

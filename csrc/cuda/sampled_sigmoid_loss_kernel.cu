@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/vec.h"
 #include "ops/sampled_sigmoid_loss.h"
 
 namespace fusedembed {
@@ -180,33 +181,13 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename acc_t>
 __global__ void __launch_bounds__(kFinishThreads)
-    finish_kernel(const acc_t* __restrict__ partials, int64_t n, double scale, scalar_t* __restrict__ loss) {
+    finish_kernel(const acc_t* __restrict__ partials, int64_t n, double scale, acc_t* __restrict__ loss) {
   double s = 0;
   for (int64_t k = threadIdx.x; k < n; k += blockDim.x) s += static_cast<double>(partials[k]);
   s = block_sum(s);
-  if (threadIdx.x == 0) *loss = static_cast<scalar_t>(s * scale);
-}
-
-// Columns per thread: the widest of 4, 2 and 1 that divides C and for which every pointer is
-// aligned, so each row starts on a vector boundary (C = 11166 takes 2). With 1 the warp still
-// reads consecutive addresses, so loads stay coalesced.
-template <typename... T>
-int vec_width(int64_t C, const T*... ptrs) {
-  for (int vec : {4, 2}) {
-    const bool aligned = ((reinterpret_cast<uintptr_t>(ptrs) % (vec * sizeof(T)) == 0) && ...);
-    if (C % vec == 0 && aligned) return vec;
-  }
-  return 1;
-}
-
-// Calls f(std::integral_constant<int, VEC>) for the runtime width: one kernel instance per width.
-template <typename F>
-void with_vec(int vec, F&& f) {
-  if (vec == 4) f(std::integral_constant<int, 4>{});
-  else if (vec == 2) f(std::integral_constant<int, 2>{});
-  else f(std::integral_constant<int, 1>{});
+  if (threadIdx.x == 0) *loss = static_cast<acc_t>(s * scale);
 }
 
 struct Launch {
@@ -226,28 +207,22 @@ Launch plan(int64_t C, int vec, int64_t rows) {
 }
 
 at::Tensor counts_cuda(const at::Tensor& targets, double pos_threshold) {
-  ssl_check_targets(targets);
-  ssl_check_pos_threshold(pos_threshold);
   const c10::cuda::CUDAGuard guard(targets.device());
-  at::Tensor t = targets.contiguous();
-  if (t.scalar_type() == at::kBool) t = t.view(at::kByte);
-  const int64_t B = t.size(0), C = t.size(1);
-  at::Tensor counts = at::zeros({2, C}, targets.options().dtype(at::kInt));
-  if (B == 0 || C == 0) return counts;
-  auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, t.scalar_type(), "sampled_sigmoid_loss_counts",
-                                  [&] {
-                                    const scalar_t* yp = t.const_data_ptr<scalar_t>();
-                                    const int vec = vec_width(C, yp);
-                                    const Launch l = plan(C, vec, B);
-                                    const float thr = static_cast<float>(pos_threshold);
-                                    with_vec(vec, [&](auto v) {
-                                      counts_kernel<scalar_t, decltype(v)::value><<<l.grid, l.block, 0, stream>>>(
-                                          yp, counts.mutable_data_ptr<int32_t>(), B, C, thr);
+  return ssl_counts(targets, pos_threshold, [](const at::Tensor& t, float thr, at::Tensor& counts) {
+    const int64_t B = t.size(0), C = t.size(1);
+    auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, t.scalar_type(),
+                                    "sampled_sigmoid_loss_counts", [&] {
+                                      const scalar_t* yp = t.const_data_ptr<scalar_t>();
+                                      const int vec = vec_width(4, C, yp);
+                                      const Launch l = plan(C, vec, B);
+                                      with_vec<4>(vec, [&](auto v) {
+                                        counts_kernel<scalar_t, decltype(v)::value><<<l.grid, l.block, 0, stream>>>(
+                                            yp, counts.mutable_data_ptr<int32_t>(), B, C, thr);
+                                      });
+                                      C10_CUDA_KERNEL_LAUNCH_CHECK();
                                     });
-                                    C10_CUDA_KERNEL_LAUNCH_CHECK();
-                                  });
-  return counts;
+  });
 }
 
 template <typename scalar_t, typename target_t>
@@ -260,7 +235,10 @@ void forward_cuda_impl(const SslProblem& prob, SslOutputs& out) {
   scalar_t* gp = prob.compute_grad ? out.grad.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* lp = none ? out.loss.mutable_data_ptr<scalar_t>() : nullptr;
   // Output pointers join the alignment test only when they are written.
-  const int vec = vec_width(prm.C, zp, yp, gp ? gp : zp, lp ? lp : zp);
+  // Columns per thread: the widest of 4, 2 and 1 that divides C and for which every pointer is
+  // aligned, so each row starts on a vector boundary (C = 11166 takes 2). With 1 the warp still
+  // reads consecutive addresses, so loads stay coalesced.
+  const int vec = vec_width(4, prm.C, zp, yp, gp ? gp : zp, lp ? lp : zp);
   const int64_t row_groups = ((prm.row_start + prm.B + 3) >> 2) - (prm.row_start >> 2);
   const Launch l = plan(prm.C, vec, row_groups);
   at::Tensor partials = at::empty({none ? 0 : static_cast<int64_t>(l.grid.x) * l.grid.y},
@@ -272,14 +250,14 @@ void forward_cuda_impl(const SslProblem& prob, SslOutputs& out) {
   const acc_t* cw = prob.class_weight.const_data_ptr<acc_t>();
   const acc_t* pw = prob.pos_weight.const_data_ptr<acc_t>();
   bool* kp = out.kept.mutable_data_ptr<bool>();
-  with_vec(vec, [&](auto v) {
+  with_vec<4>(vec, [&](auto v) {
     forward_kernel<scalar_t, target_t, decltype(v)::value>
         <<<l.grid, l.block, 0, stream>>>(zp, yp, cp, cw, pw, prm, gscale, gp, lp, kp, pp);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!none) {
-    finish_kernel<scalar_t, acc_t><<<1, kFinishThreads, 0, stream>>>(pp, partials.numel(), ssl_scale(prm),
-                                                                      out.loss.mutable_data_ptr<scalar_t>());
+    finish_kernel<acc_t><<<1, kFinishThreads, 0, stream>>>(pp, partials.numel(), ssl_scale(prm),
+                                                           out.loss.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -291,17 +269,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& lo
                                                             int64_t seed, int64_t offset, int64_t row_start,
                                                             std::string_view reduction, bool compute_grad) {
   const c10::cuda::CUDAGuard guard(logits.device());
-  SslProblem prob = ssl_check(logits, targets, counts, class_weight, pos_weight, pos_threshold, neg_ratio, empty_keep,
-                              seed, offset, row_start, reduction, compute_grad);
-  SslOutputs out = ssl_allocate(prob);
-  if (prob.prm.C == 0) {
-    if (prob.prm.reduction != SslReduction::kNone) out.loss.zero_();
-  } else {
-    ssl_dispatch(prob.logits.scalar_type(), prob.targets.scalar_type(), [&](auto ztag, auto ytag) {
-      forward_cuda_impl<typename decltype(ztag)::type, typename decltype(ytag)::type>(prob, out);
-    });
-  }
-  return {out.loss, out.grad, out.kept};
+  return ssl_forward(logits, targets, counts, class_weight, pos_weight, pos_threshold, neg_ratio, empty_keep, seed,
+                     offset, row_start, reduction, compute_grad,
+                     [](auto ztag, auto ytag, const SslProblem& prob, SslOutputs& out) {
+                       forward_cuda_impl<typename decltype(ztag)::type, typename decltype(ytag)::type>(prob, out);
+                     });
 }
 
 void scale_grad_cuda(const at::Tensor& grad, const at::Tensor& grad_loss) {
@@ -314,12 +286,12 @@ void scale_grad_cuda(const at::Tensor& grad, const at::Tensor& grad_loss) {
                                   [&] {
                                     scalar_t* p = grad.mutable_data_ptr<scalar_t>();
                                     const auto* gp = g.const_data_ptr<at::opmath_type<scalar_t>>();
-                                    const int vec = vec_width(n, static_cast<const scalar_t*>(p));
+                                    const int vec = vec_width(4, n, static_cast<const scalar_t*>(p));
                                     const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
                                     const int64_t n_vec = n / vec;
                                     const int64_t blocks = std::min<int64_t>(
                                         (n_vec + kThreads - 1) / kThreads, static_cast<int64_t>(sms) * kBlocksPerSm);
-                                    with_vec(vec, [&](auto v) {
+                                    with_vec<4>(vec, [&](auto v) {
                                       scale_kernel<scalar_t, decltype(v)::value>
                                           <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p, gp, n_vec);
                                     });

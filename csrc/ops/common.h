@@ -25,4 +25,12 @@ inline at::ScalarType acc_type_for(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// Values of a CPU tensor: finite and >= 0, else an error naming the first value that is not (a
+// minimum would hide an inf).
+inline void check_finite_nonnegative(const char* op, const char* name, const at::Tensor& t) {
+  const at::Tensor bad = (~(at::isfinite(t) & (t >= 0))).reshape(-1);
+  TORCH_CHECK(!bad.any().item<bool>(), op, ": ", name, " must be finite and >= 0, got ",
+              t.reshape(-1).masked_select(bad)[0].item<double>());
+}
+
 }  // namespace fusedembed

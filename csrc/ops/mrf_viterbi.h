@@ -1,14 +1,15 @@
 // mrf_viterbi / crf_viterbi: declarations and input checks shared by the CPU and CUDA kernels.
 //
-// Both decode a chain of N positions over M states, in float32 whatever the input dtype:
+// Both decode a chain of N positions over M states, in float64 for float64 scores and in float32
+// for float32/float16/bfloat16 ones (the score has that type):
 //   mrf (Potts):  d_0(t) = u[0,t];  d_j(t) = u[j,t] + max(d_{j-1}(t) + beta, max_{t'!=t} d_{j-1}(t'))
 //                 O(M) per step from the best and second-best previous states (exact for any beta).
 //   crf:          d_0(t) = e[0,t] + start[t];  d_j(t) = e[j,t] + max_{t'} (d_{j-1}(t') + T[t',t])
 //                 score = max_t d_{L-1}(t) + end[t].
 // Ties, identical on every device and in the reference: a state keeps its own previous state when
 // that is among the best (t' = t), else takes the lowest best index; the last state is the lowest
-// best index. Every value is a plain float32 sum, in the same order everywhere, so the paths agree
-// bit for bit.
+// best index. Every value is a plain sum in the decoding type, in the same order everywhere, so the
+// paths agree bit for bit.
 //
 // Values: -inf marks a forbidden choice (a word-region pair, a transition). NaN or +inf in what a
 // sentence uses (its first L rows, its first R regions, beta, transitions, start, end) makes that
@@ -31,7 +32,8 @@ namespace fusedembed {
 constexpr int64_t kViterbiMaxStates = 65535;
 
 // False for NaN and +inf; true for finite values and -inf (a forbidden choice).
-inline bool viterbi_usable(float v) { return v < std::numeric_limits<float>::infinity(); }
+template <typename T>
+inline bool viterbi_usable(T v) { return v < std::numeric_limits<T>::infinity(); }
 
 struct ViterbiProblem {
   at::Tensor scores;       // unary / emissions, contiguous (B, N, M)
@@ -40,22 +42,22 @@ struct ViterbiProblem {
 };
 
 struct MrfProblem : ViterbiProblem {
-  at::Tensor beta;         // float32, contiguous, 1 or B elements
+  at::Tensor beta;         // decoding type, contiguous, 1 or B elements
   at::Tensor num_regions;  // int64 (B,), contiguous; undefined when every image has M regions
 };
 
 struct CrfProblem : ViterbiProblem {
-  at::Tensor transitions;  // float32 contiguous (M, M) or (B, M, M)
+  at::Tensor transitions;  // decoding type, contiguous (M, M) or (B, M, M)
   bool batched = false;    // transitions per sentence
-  at::Tensor start, end;   // float32 contiguous (M,), or undefined
+  at::Tensor start, end;   // decoding type, contiguous (M,), or undefined
 };
 
 inline void viterbi_check_scores(const char* op, const char* name, const at::Tensor& x, ViterbiProblem& prob) {
   TORCH_CHECK(x.dim() == 3, op, ": ", name, " must be (B, N, M), got a ", x.dim(), "-d tensor of shape ",
               shape_str(x));
   const auto st = x.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16, op, ": ", name,
-              " must be float32, float16 or bfloat16, got ", dtype_str(x));
+  TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble, op, ": ", name,
+              " must be float32, float16, bfloat16 or float64, got ", dtype_str(x));
   TORCH_CHECK(x.size(2) >= 1 && x.size(2) <= kViterbiMaxStates, op, ": ", name, " must have 1 to ",
               kViterbiMaxStates, " states (M), got shape ", shape_str(x));
   prob.scores = x.contiguous();
@@ -98,7 +100,7 @@ inline MrfProblem mrf_check(const at::Tensor& unary, const at::Tensor& beta, con
               ",), got shape ", shape_str(beta));
   TORCH_CHECK(beta.device() == unary.device(), "mrf_viterbi: beta is on ", beta.device(), " but unary is on ",
               unary.device());
-  prob.beta = beta.to(at::kFloat).contiguous();
+  prob.beta = beta.to(acc_type_for(unary.scalar_type())).contiguous();
   prob.lengths = viterbi_check_counts("mrf_viterbi", "lengths", "unary", lengths, prob, 0, prob.N, "[0, N]");
   prob.num_regions =
       viterbi_check_counts("mrf_viterbi", "num_regions", "unary", num_regions, prob, 1, prob.M, "[1, M]");
@@ -113,7 +115,7 @@ inline at::Tensor crf_check_vector(const std::optional<at::Tensor>& v, const cha
               ",), got shape ", shape_str(*v));
   TORCH_CHECK(v->device() == prob.scores.device(), "crf_viterbi: ", name, " is on ", v->device(),
               " but emissions is on ", prob.scores.device());
-  return v->to(at::kFloat).contiguous();
+  return v->to(acc_type_for(prob.scores.scalar_type())).contiguous();
 }
 
 inline CrfProblem crf_check(const at::Tensor& emissions, const at::Tensor& transitions,
@@ -131,7 +133,7 @@ inline CrfProblem crf_check(const at::Tensor& emissions, const at::Tensor& trans
               prob.B, ", ", M, ", ", M, "), got shape ", shape_str(transitions));
   TORCH_CHECK(transitions.device() == emissions.device(), "crf_viterbi: transitions is on ", transitions.device(),
               " but emissions is on ", emissions.device());
-  prob.transitions = transitions.to(at::kFloat).contiguous();
+  prob.transitions = transitions.to(acc_type_for(emissions.scalar_type())).contiguous();
   prob.batched = batched && !shared;
   prob.start = crf_check_vector(start, "start", prob);
   prob.end = crf_check_vector(end, "end", prob);
@@ -139,10 +141,34 @@ inline CrfProblem crf_check(const at::Tensor& emissions, const at::Tensor& trans
   return prob;
 }
 
-// Outputs: path int64 (B, N) (-1 past each length), score float32 (B,).
+// Outputs: path int64 (B, N) (-1 past each length), score (B,) in the decoding type.
 inline std::tuple<at::Tensor, at::Tensor> viterbi_outputs(const ViterbiProblem& prob) {
   auto opts = prob.scores.options();
-  return {at::empty({prob.B, prob.N}, opts.dtype(at::kLong)), at::empty({prob.B}, opts.dtype(at::kFloat))};
+  return {at::empty({prob.B, prob.N}, opts.dtype(at::kLong)),
+          at::empty({prob.B}, opts.dtype(acc_type_for(prob.scores.scalar_type())))};
+}
+
+// The host side of both ops on every device: check, allocate, and call the device's
+// launch(prob, path, score) when there is a sentence.
+template <typename Launch>
+std::tuple<at::Tensor, at::Tensor> mrf_forward(const at::Tensor& unary, const at::Tensor& beta,
+                                               const std::optional<at::Tensor>& lengths,
+                                               const std::optional<at::Tensor>& num_regions, Launch&& launch) {
+  MrfProblem prob = mrf_check(unary, beta, lengths, num_regions);
+  auto [path, score] = viterbi_outputs(prob);
+  if (prob.B > 0) launch(prob, path, score);
+  return {path, score};
+}
+
+template <typename Launch>
+std::tuple<at::Tensor, at::Tensor> crf_forward(const at::Tensor& emissions, const at::Tensor& transitions,
+                                               const std::optional<at::Tensor>& lengths,
+                                               const std::optional<at::Tensor>& start,
+                                               const std::optional<at::Tensor>& end, Launch&& launch) {
+  CrfProblem prob = crf_check(emissions, transitions, lengths, start, end);
+  auto [path, score] = viterbi_outputs(prob);
+  if (prob.B > 0) launch(prob, path, score);
+  return {path, score};
 }
 
 }  // namespace fusedembed

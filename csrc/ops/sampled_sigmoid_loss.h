@@ -255,12 +255,8 @@ inline SslProblem ssl_check(const at::Tensor& logits, const at::Tensor& targets,
   prob.pos_weight = pos_weight.to(acc).contiguous();
   prob.compute_grad = compute_grad;
   if (dev.is_cpu()) {
-    TORCH_CHECK(at::all(at::isfinite(prob.class_weight) & (prob.class_weight >= 0)).item<bool>(),
-                "sampled_sigmoid_loss: class_weight must be finite and >= 0, got ",
-                prob.class_weight.min().item<double>(), " (min of class_weight)");
-    TORCH_CHECK(at::all(at::isfinite(prob.pos_weight) & (prob.pos_weight >= 0)).item<bool>(),
-                "sampled_sigmoid_loss: pos_weight must be finite and >= 0, got ", prob.pos_weight.min().item<double>(),
-                " (min of pos_weight)");
+    check_finite_nonnegative("sampled_sigmoid_loss", "class_weight", prob.class_weight);
+    check_finite_nonnegative("sampled_sigmoid_loss", "pos_weight", prob.pos_weight);
     TORCH_CHECK(C == 0 || prob.counts.min().item<int>() >= 0, "sampled_sigmoid_loss: counts must be >= 0, got ",
                 prob.counts.min().item<int>(), " (min of counts)");
   }
@@ -338,11 +334,46 @@ struct SslOutputs {
 inline SslOutputs ssl_allocate(const SslProblem& prob) {
   const auto& z = prob.logits;
   SslOutputs out;
-  out.loss = prob.prm.reduction == SslReduction::kNone ? at::empty({prob.prm.B, prob.prm.C}, z.options())
-                                                       : at::empty({}, z.options());
+  // A reduced loss is float32 (float64 for float64 logits) whatever the logits' dtype: a float16 sum
+  // overflows at 65504. The "none" terms and the gradient keep the logits' dtype.
+  out.loss = prob.prm.reduction == SslReduction::kNone
+                 ? at::empty({prob.prm.B, prob.prm.C}, z.options())
+                 : at::empty({}, z.options().dtype(acc_type_for(z.scalar_type())));
   out.grad = prob.compute_grad ? at::empty({prob.prm.B, prob.prm.C}, z.options()) : at::empty({0}, z.options());
   out.kept = at::empty({prob.prm.C}, z.options().dtype(at::kBool));
   return out;
+}
+
+// The host side of the counts op on every device: check, allocate, and call launch(t, pos_threshold,
+// counts) with t the contiguous targets (bool viewed as uint8) when there is an entry to count.
+template <typename Launch>
+at::Tensor ssl_counts(const at::Tensor& targets, double pos_threshold, Launch&& launch) {
+  ssl_check_targets(targets);
+  ssl_check_pos_threshold(pos_threshold);
+  at::Tensor t = targets.contiguous();
+  if (t.scalar_type() == at::kBool) t = t.view(at::kByte);
+  at::Tensor counts = at::zeros({2, t.size(1)}, targets.options().dtype(at::kInt));
+  if (t.numel() > 0) launch(t, static_cast<float>(pos_threshold), counts);
+  return counts;
+}
+
+// The host side of the main op on every device: check, allocate, and call
+// launch(SslTag<logits type>, SslTag<targets type>, prob, out) when there is a column.
+template <typename Launch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ssl_forward(
+    const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& counts, const at::Tensor& class_weight,
+    const at::Tensor& pos_weight, double pos_threshold, std::optional<double> neg_ratio, double empty_keep,
+    int64_t seed, int64_t offset, int64_t row_start, std::string_view reduction, bool compute_grad, Launch&& launch) {
+  SslProblem prob = ssl_check(logits, targets, counts, class_weight, pos_weight, pos_threshold, neg_ratio, empty_keep,
+                              seed, offset, row_start, reduction, compute_grad);
+  SslOutputs out = ssl_allocate(prob);
+  if (prob.prm.C == 0) {
+    if (prob.prm.reduction != SslReduction::kNone) out.loss.zero_();
+  } else {
+    ssl_dispatch(prob.logits.scalar_type(), prob.targets.scalar_type(),
+                 [&](auto ztag, auto ytag) { launch(ztag, ytag, prob, out); });
+  }
+  return {out.loss, out.grad, out.kept};
 }
 
 // Arguments of sampled_sigmoid_loss_scale_grad_: the gradient the main op wrote and the scalar

@@ -8,17 +8,54 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def gem_pool(x: torch.Tensor, p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """GeM over all dims after (B, C), scaled by the row maximum so nothing overflows.
-
-    p is a 0-d/1-element tensor (shared) or a (C,) tensor (per channel)."""
+def _gem_rows(x: torch.Tensor, p: torch.Tensor, eps: float):
+    """x as (B, C, N) clamped to eps in the accumulation type, and p broadcastable to it."""
     B, C = x.shape[:2]
     xc = x.reshape(B, C, -1).to(_acc_dtype(x.dtype)).clamp(min=eps)
     pc = p.to(xc.dtype).reshape(-1)
-    pc = pc.view(1, -1) if pc.numel() > 1 else pc.reshape(())
-    m = xc.amax(-1)
-    ratio = xc / m.unsqueeze(-1)
-    return (m * ratio.pow(pc.unsqueeze(-1) if pc.dim() else pc).mean(-1).pow(1 / pc)).to(x.dtype)
+    return xc, (pc.view(1, -1, 1) if pc.numel() > 1 else pc.reshape(()))
+
+
+def _gem_acc(xc: torch.Tensor, pc: torch.Tensor) -> torch.Tensor:
+    """(B, C, 1) GeM of clamped rows in the accumulation type. (x / m)^p is taken in log space, so a
+    ratio that underflows still gets its power; a row holding +inf pools to +inf, NaN to NaN."""
+    m = xc.amax(-1, keepdim=True)
+    s = torch.exp(pc * (xc.log() - m.log())).mean(-1, keepdim=True)
+    y = m * s.pow(1 / pc)
+    return torch.where(m == float("inf"), m, y)
+
+
+def gem_pool_op(x: torch.Tensor, p: torch.Tensor, eps: float) -> torch.Tensor:
+    """The ``fusedembed::gem_pool`` op: (B, C) in the accumulation type."""
+    xc, pc = _gem_rows(x, p, eps)
+    return _gem_acc(xc, pc).squeeze(-1)
+
+
+def gem_pool(x: torch.Tensor, p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """GeM over all dims after (B, C); p is a 0-d/1-element tensor (shared) or (C,) (per channel)."""
+    return gem_pool_op(x, p, eps).to(x.dtype)
+
+
+def gem_pool_backward(grad_y, x, p, y, eps: float, x_grad: bool, p_grad: bool):
+    """(dx, dp) of gem_pool from its output y (accumulation type), dp reduced to p's shape; empty
+    tensors for the ones not wanted. q = max(x, eps) / y is taken in log space (q may underflow)."""
+    B, C = x.shape[:2]
+    xc, pc = _gem_rows(x, p, eps)
+    N = xc.shape[-1]
+    ya = y.to(xc.dtype).reshape(B, C, 1)
+    lq = xc.log() - ya.log()
+    g = grad_y.to(xc.dtype).reshape(B, C, 1)
+    dx = x.new_empty((0,))
+    if x_grad:
+        below = x.reshape(B, C, -1).to(xc.dtype) < eps
+        d = torch.where(below, 0.0, g / N * torch.exp((pc - 1) * lq))
+        dx = torch.empty_like(x).copy_(d.reshape(x.shape))
+    dp = p.new_empty((0,))
+    if p_grad:
+        row = (g * ya / (N * pc) * (torch.exp(pc * lq) * lq).sum(-1, keepdim=True)).reshape(B, C)
+        per_channel = p.dim() == 1 and p.shape[0] == C and C != 1
+        dp = (row.sum(0) if per_channel else row.sum()).reshape(p.shape).to(p.dtype)
+    return dx, dp
 
 
 # --- sampled_sigmoid_loss --------------------------------------------------------------------
@@ -136,18 +173,14 @@ def _softplus(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
 
 
-def sampled_sigmoid_loss(logits: torch.Tensor, targets: torch.Tensor, counts, class_weight: torch.Tensor,
-                         pos_weight: torch.Tensor, pos_threshold: float, neg_ratio, empty_keep: float, seed: int,
-                         offset: int, row_start: int, reduction: str):
-    """(loss, kept) of the sampled weighted sigmoid loss, differentiable in logits.
-
-    counts: (2, C) from sampled_sigmoid_loss_counts, or None to count here. Invalid targets raise
-    on the CPU and give NaN (loss and gradient) elsewhere, like the kernels."""
+def _ssl_terms(logits, targets, counts, class_weight, pos_weight, pos_threshold, neg_ratio, empty_keep, seed,
+               offset, row_start):
+    """The pieces of the loss in float64: logits z, keep mask, weights w, the softplus factors
+    a = eta y and b = 1 - y, valid targets, kept columns."""
     y = _normalized_targets(logits.dtype, targets)
     if counts is None:
         counts = sampled_sigmoid_loss_counts(targets, pos_threshold)
     _raise_first_bad_target(y)
-    B, C = logits.shape
     mask, kept = sampled_sigmoid_keep_mask(targets, counts, pos_threshold, neg_ratio, empty_keep, seed, offset,
                                            row_start, logits.dtype)
     has_pos = counts[0] > 0
@@ -156,23 +189,61 @@ def sampled_sigmoid_loss(logits: torch.Tensor, targets: torch.Tensor, counts, cl
     eta = pos_weight.to(torch.float64).reshape(-1)
     eta = eta if eta.numel() > 1 else eta.reshape(())
     y = y.to(torch.float64)
-    z = logits.to(torch.float64)
     keep = mask & (w != 0)
+    return logits.to(torch.float64), keep, w, eta * y, 1 - y, _target_is_valid(y), kept
+
+
+def _ssl_scale(reduction: str, B: int, C: int) -> float:
+    return {"mean": 1.0 / B, "mean_classes": 1.0 / (B * C), "sum": 1.0, "none": 1.0}[reduction]
+
+
+def _ssl_loss_dtype(logits_dtype: torch.dtype, reduction: str) -> torch.dtype:
+    # Reduced losses in float32 whatever the logits' dtype: a float16 sum overflows at 65504.
+    return logits_dtype if reduction == "none" else _acc_dtype(logits_dtype)
+
+
+def sampled_sigmoid_loss(logits: torch.Tensor, targets: torch.Tensor, counts, class_weight: torch.Tensor,
+                         pos_weight: torch.Tensor, pos_threshold: float, neg_ratio, empty_keep: float, seed: int,
+                         offset: int, row_start: int, reduction: str):
+    """(loss, kept) of the sampled weighted sigmoid loss, differentiable in logits.
+
+    counts: (2, C) from sampled_sigmoid_loss_counts, or None to count here. Invalid targets raise
+    on the CPU and give NaN (loss and gradient) elsewhere, like the kernels."""
+    z, keep, w, a, b, valid, kept = _ssl_terms(logits, targets, counts, class_weight, pos_weight, pos_threshold,
+                                               neg_ratio, empty_keep, seed, offset, row_start)
     zs = torch.where(keep, z, 0.0)  # dropped entries never reach softplus, nor its gradient
-    a, b = eta * y, 1 - y
     ce = torch.where(a != 0, a * _softplus(-zs), 0.0) + torch.where(b != 0, b * _softplus(zs), 0.0)
     elem = torch.where(keep, w * ce, 0.0)
-    valid = _target_is_valid(y)
     # NaN value and gradient at invalid targets only (the where keeps NaN out of valid gradients).
     poison = torch.where(valid, 0.0, z) * float("nan")
     elem = torch.where(valid, elem, poison)
-    if reduction == "none":
-        loss = elem
-    else:
-        scale = {"mean": 1.0 / B, "mean_classes": 1.0 / (B * C), "sum": 1.0}[reduction]
-        loss = elem.sum() * scale
-    return loss.to(logits.dtype), kept
-# ---- mrf_viterbi / crf_viterbi: batched loops over the N positions, float32 throughout --------
+    B, C = logits.shape
+    loss = elem if reduction == "none" else elem.sum() * _ssl_scale(reduction, B, C)
+    return loss.to(_ssl_loss_dtype(logits.dtype, reduction)), kept
+
+
+def sampled_sigmoid_loss_op(logits, targets, counts, class_weight, pos_weight, pos_threshold, neg_ratio, empty_keep,
+                            seed, offset, row_start, reduction, compute_grad):
+    """The ``fusedembed::sampled_sigmoid_loss`` op: (loss, grad or an empty tensor, kept). The
+    gradient is written out (an op kernel runs below autograd): w (b sigmoid(z) - a sigmoid(-z))."""
+    loss, kept = sampled_sigmoid_loss(logits.detach(), targets, counts, class_weight, pos_weight, pos_threshold,
+                                      neg_ratio, empty_keep, seed, offset, row_start, reduction)
+    if not compute_grad:
+        return loss, logits.new_empty((0,)), kept
+    z, keep, w, a, b, valid, _ = _ssl_terms(logits.detach(), targets, counts, class_weight, pos_weight,
+                                            pos_threshold, neg_ratio, empty_keep, seed, offset, row_start)
+    zs = torch.where(keep, z, 0.0)
+    d = torch.where(b != 0, b * torch.sigmoid(zs), 0.0) - torch.where(a != 0, a * torch.sigmoid(-zs), 0.0)
+    grad = torch.where(keep, w * d, 0.0) * _ssl_scale(reduction, *logits.shape)
+    grad = torch.where(valid, grad, float("nan"))
+    return loss, grad.to(logits.dtype), kept
+
+
+def sampled_sigmoid_loss_scale_grad_(grad: torch.Tensor, grad_loss: torch.Tensor) -> None:
+    grad.mul_(grad_loss.reshape(()).to(_acc_dtype(grad.dtype)))
+
+
+# ---- mrf_viterbi / crf_viterbi: batched loops over the N positions, in float32 (float64 for float64) ---
 # Tie rule (as in the kernels): a state keeps its own previous state when that is among the best,
 # else takes the lowest best index; the last state is the lowest best index. NaN/+inf in what a
 # sentence uses gives it score NaN and path -1; -inf marks a forbidden choice.
@@ -210,11 +281,11 @@ def _finish_score(score, lengths, bad):
 
 
 def mrf_viterbi(unary: torch.Tensor, beta: torch.Tensor, lengths=None, num_regions=None):
-    """Potts chain-MRF Viterbi: (assignment int64 (B, N), score float32 (B,)). beta: 1 or B values."""
+    """Potts chain-MRF Viterbi: (assignment int64 (B, N), score (B,)). beta: 1 or B values."""
     B, N, M = unary.shape
     dev = unary.device
-    u = unary.float()
-    be = beta.to(dev, torch.float32).reshape(-1).expand(B)
+    u = unary.to(_acc_dtype(unary.dtype))
+    be = beta.to(dev, u.dtype).reshape(-1).expand(B)
     L, R = _counts(lengths, B, N, dev), _counts(num_regions, B, M, dev)
     states = torch.arange(M, device=dev)
     region_ok = states < R[:, None]
@@ -247,21 +318,21 @@ def crf_viterbi(emissions: torch.Tensor, transitions: torch.Tensor, lengths=None
     """Linear-chain CRF Viterbi, transitions (M, M) or (B, M, M) indexed [from, to]."""
     B, N, M = emissions.shape
     dev = emissions.device
-    e = emissions.float()
-    T = transitions.to(dev, torch.float32).expand(B, M, M)
+    e = emissions.to(_acc_dtype(emissions.dtype))
+    T = transitions.to(dev, e.dtype).expand(B, M, M)
     L = _counts(lengths, B, N, dev)
     word_ok = torch.arange(N, device=dev) < L[:, None]
     bad = (word_ok[:, :, None] & ~_usable(e)).flatten(1).any(1) | (~_usable(T)).flatten(1).any(1)
     for v in (start, end):
         if v is not None:
-            bad = bad | (~_usable(v.float())).any()
+            bad = bad | (~_usable(v.to(e.dtype))).any()
     if N == 0:
         return torch.empty((B, 0), dtype=torch.long, device=dev), _finish_score(e.new_zeros(B), L, bad)
     zero = bad[:, None]
     e = torch.where(zero[:, :, None] | ~word_ok[:, :, None], 0.0, e)
     T = torch.where(zero[:, :, None], 0.0, T)
-    start = None if start is None else torch.where(zero, 0.0, start.to(dev, torch.float32))
-    end = None if end is None else torch.where(zero, 0.0, end.to(dev, torch.float32))
+    start = None if start is None else torch.where(zero, 0.0, start.to(dev, e.dtype))
+    end = None if end is None else torch.where(zero, 0.0, end.to(dev, e.dtype))
     states = torch.arange(M, device=dev)
     diag = T.diagonal(dim1=1, dim2=2)
     d = e[:, 0] if start is None else e[:, 0] + start

@@ -6,9 +6,6 @@ from typing import Union
 
 import torch
 
-from .._extension import has_extension, warn_reference_fallback
-from . import _reference
-
 __all__ = ["gem_pool"]
 
 
@@ -17,6 +14,7 @@ def _p_tensor(x: torch.Tensor, p) -> torch.Tensor:
         return p
     if isinstance(p, bool) or not isinstance(p, Real):
         raise TypeError(f"gem_pool: p must be a float or a tensor, got {type(p).__name__}")
+    # Checked here for every device: the kernels check tensor values on the CPU only.
     if not (math.isfinite(p) and p > 0):
         raise ValueError(f"gem_pool: p must be finite and > 0, got {p}")
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -32,46 +30,18 @@ def gem_pool(x: torch.Tensor, p: Union[float, torch.Tensor] = 3.0, eps: float = 
         p: a float, a 0-d/1-element tensor (one learnable p) or a (C,) tensor (one p per
             channel); must be finite and > 0. A CPU tensor p is checked; on the GPU an invalid
             p gives NaN rows instead of costing a host sync every step.
-        eps: inputs are clamped to at least eps (> 0); their gradient is 0 below it.
+        eps: inputs are clamped to at least eps; their gradient is 0 below it. eps must be finite
+            and at least 1.175494e-38 (the smallest normal float32): below it the clamped values
+            and their logarithms lose their exactness.
 
     Accumulates in float32 (float64 for float64) and scales each row by its maximum, so any
-    finite input (fp16 up to 65504, tiny positives) gives finite outputs and gradients.
+    finite input (fp16 up to 65504, tiny positives) gives finite outputs and gradients. A row
+    holding +inf pools to +inf (the mean of powers is infinite), a row holding NaN to NaN.
     Differentiable in x and in a tensor p.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"gem_pool: x must be a tensor, got {type(x).__name__}")
-    p_t = _p_tensor(x, p)
-    eps = float(eps)
-    if not has_extension():
-        warn_reference_fallback("gem_pool")
-        if not (math.isfinite(eps) and eps > 0):
-            raise ValueError(f"gem_pool: eps must be finite and > 0, got {eps}")
-        return _reference.gem_pool(x, p_t, eps)
-    return torch.ops.fusedembed.gem_pool(x, p_t, eps)
+    if isinstance(eps, bool) or not isinstance(eps, Real):
+        raise TypeError(f"gem_pool: eps must be a float, got {type(eps).__name__}")
+    return torch.ops.fusedembed.gem_pool(x, _p_tensor(x, p), float(eps)).to(x.dtype)
 
-
-if has_extension():
-
-    @torch.library.register_fake("fusedembed::gem_pool")
-    def _gem_pool_fake(x, p, eps):
-        torch._check(x.dim() in (3, 4), lambda: f"gem_pool: x must be (B, C, H, W) or (B, C, L), got {x.dim()}-d")
-        return x.new_empty((x.shape[0], x.shape[1]))
-
-    @torch.library.register_fake("fusedembed::gem_pool_backward")
-    def _gem_pool_backward_fake(grad_y, x, p, y, eps, x_grad, p_grad):
-        dx = torch.empty_like(x) if x_grad else x.new_empty((0,))
-        dp = torch.empty_like(p) if p_grad else p.new_empty((0,))
-        return dx, dp
-
-    def _setup_context(ctx, inputs, output):
-        x, p, eps = inputs
-        ctx.save_for_backward(x, p, output)
-        ctx.eps = eps
-
-    def _backward(ctx, grad_y):
-        x, p, y = ctx.saved_tensors
-        x_grad, p_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dx, dp = torch.ops.fusedembed.gem_pool_backward(grad_y, x, p, y, ctx.eps, x_grad, p_grad)
-        return (dx if x_grad else None), (dp if p_grad else None), None
-
-    torch.library.register_autograd("fusedembed::gem_pool", _backward, setup_context=_setup_context)

@@ -8,7 +8,7 @@
 
 Shared rules:
 
-* Math is float32 for float32/float16/bfloat16 inputs; scores are float32.
+* Math and scores are float64 for float64 inputs, float32 for float32/float16/bfloat16.
 * Ties: a position keeps the previous position's state when that is among the best (prefer
   staying on the same region), otherwise the lowest best state index; the last state is the
   lowest best index. Identical on CPU, CUDA and in the reference, so paths agree exactly.
@@ -28,14 +28,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
-from .._extension import has_extension, warn_reference_fallback
-from . import _reference
-
 __all__ = ["mrf_viterbi", "crf_viterbi", "alignment_segments"]
-
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
-_MAX_STATES = 65535  # kViterbiMaxStates in csrc/ops/mrf_viterbi.h
-
 
 def _beta_tensor(unary: torch.Tensor, beta) -> torch.Tensor:
     if isinstance(beta, torch.Tensor):
@@ -52,34 +45,12 @@ def _counts(x, device) -> Optional[torch.Tensor]:
     return torch.as_tensor(x, dtype=torch.long, device=device)
 
 
-def _check_scores(op: str, name: str, x: torch.Tensor) -> None:
-    """The kernels' checks, for the reference fallback (same messages)."""
-    if x.dim() != 3:
-        raise ValueError(f"{op}: {name} must be (B, N, M), got a {x.dim()}-d tensor of shape {list(x.shape)}")
-    if x.dtype not in _FLOATS:
-        raise ValueError(f"{op}: {name} must be float32, float16 or bfloat16, got {x.dtype}")
-    if not 1 <= x.shape[2] <= _MAX_STATES:
-        raise ValueError(f"{op}: {name} must have 1 to {_MAX_STATES} states (M), got shape {list(x.shape)}")
-
-
-def _check_counts(op: str, name: str, t, B: int, lo: int, hi: int, rng: str) -> None:
-    if t is None:
-        return
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"{op}: {name} must be an integer tensor, got {t.dtype}")
-    if t.dim() != 1 or t.shape[0] != B:
-        raise ValueError(f"{op}: {name} must have shape (B,) = ({B},), got shape {list(t.shape)}")
-    if B and t.device.type == "cpu" and not (t.min() >= lo and t.max() <= hi):
-        bad = int(t.min()) if t.min() < lo else int(t.max())
-        raise ValueError(f"{op}: {name} must be in {rng} = [{lo}, {hi}], got {bad}")
-
-
 def mrf_viterbi(unary: torch.Tensor, beta: Union[float, torch.Tensor], lengths=None,
                 num_regions=None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Best word-to-region assignment of each sentence under the Potts chain MRF.
 
     Args:
-        unary: (B, N, M) float32/float16/bfloat16, ``unary[b, j, t]`` the score of word j on
+        unary: (B, N, M) float32/float16/bfloat16/float64, ``unary[b, j, t]`` the score of word j on
             region t (Karpathy: ``v_t . s_j``).
         beta: the reward for consecutive words on the same region; a float, a 0-d/1-element
             tensor or a (B,) tensor (one per sentence). Any real value: 0 aligns every word on
@@ -90,8 +61,9 @@ def mrf_viterbi(unary: torch.Tensor, beta: Union[float, torch.Tensor], lengths=N
             at or past it are padding and never chosen. Default M.
 
     Returns:
-        ``(assignment, score)``: int64 (B, N) region per word (-1 past the length) and float32
-        (B,) the maximal energy. Ties and non-finite values follow the module's rules.
+        ``(assignment, score)``: int64 (B, N) region per word (-1 past the length) and (B,)
+        the maximal energy (float64 for float64 unaries, else float32). Ties and non-finite
+        values follow the module's rules.
     """
     if not isinstance(unary, torch.Tensor):
         raise TypeError(f"mrf_viterbi: unary must be a tensor, got {type(unary).__name__}")
@@ -99,16 +71,6 @@ def mrf_viterbi(unary: torch.Tensor, beta: Union[float, torch.Tensor], lengths=N
     lengths = _counts(lengths, unary.device)
     num_regions = _counts(num_regions, unary.device)
     unary = unary.detach()
-    if not has_extension():
-        warn_reference_fallback("mrf_viterbi")
-        _check_scores("mrf_viterbi", "unary", unary)
-        B, N, M = unary.shape
-        if not (beta_t.numel() == 1 and beta_t.dim() <= 1) and tuple(beta_t.shape) != (B,):
-            raise ValueError(f"mrf_viterbi: beta must be a float, a 1-element tensor or have shape (B,) = ({B},), "
-                             f"got shape {list(beta_t.shape)}")
-        _check_counts("mrf_viterbi", "lengths", lengths, B, 0, N, "[0, N]")
-        _check_counts("mrf_viterbi", "num_regions", num_regions, B, 1, M, "[1, M]")
-        return _reference.mrf_viterbi(unary, beta_t, lengths, num_regions)
     return tuple(torch.ops.fusedembed.mrf_viterbi(unary, beta_t, lengths, num_regions))
 
 
@@ -118,14 +80,15 @@ def crf_viterbi(emissions: torch.Tensor, transitions: torch.Tensor, lengths=None
     """Best tag path of each sequence under a linear-chain CRF.
 
     Args:
-        emissions: (B, N, M) float32/float16/bfloat16 (batch first).
+        emissions: (B, N, M) float32/float16/bfloat16/float64 (batch first).
         transitions: (M, M) shared or (B, M, M) per sequence; ``transitions[i, j]`` scores the
             step from tag i to tag j. ``-inf`` forbids a transition (constrained decoding).
         lengths: (B,) integer tensor (or sequence) in [0, N]; default N.
         start, end: optional (M,) scores of the first and the last tag.
 
     Returns:
-        ``(path, score)``: int64 (B, N) (-1 past the length), float32 (B,) best path score.
+        ``(path, score)``: int64 (B, N) (-1 past the length), (B,) best path score (float64
+        for float64 emissions, else float32).
 
     Switching from pytorch-crf: ``CRF(M, batch_first=True).decode(emissions, mask)`` equals
     ``crf_viterbi(emissions, crf.transitions, mask.sum(1), crf.start_transitions,
@@ -139,22 +102,13 @@ def crf_viterbi(emissions: torch.Tensor, transitions: torch.Tensor, lengths=None
         raise TypeError(f"crf_viterbi: emissions must be a tensor, got {type(emissions).__name__}")
     if not isinstance(transitions, torch.Tensor):
         raise TypeError(f"crf_viterbi: transitions must be a tensor, got {type(transitions).__name__}")
+    for name, v in (("start", start), ("end", end)):
+        if v is not None and not isinstance(v, torch.Tensor):
+            raise TypeError(f"crf_viterbi: {name} must be a (M,) tensor or None, got {type(v).__name__}")
     lengths = _counts(lengths, emissions.device)
     emissions, transitions = emissions.detach(), transitions.detach()
     start = None if start is None else start.detach()
     end = None if end is None else end.detach()
-    if not has_extension():
-        warn_reference_fallback("crf_viterbi")
-        _check_scores("crf_viterbi", "emissions", emissions)
-        B, N, M = emissions.shape
-        if tuple(transitions.shape) not in ((M, M), (B, M, M)):
-            raise ValueError(f"crf_viterbi: transitions must be (M, M) = ({M}, {M}) or (B, M, M) = "
-                             f"({B}, {M}, {M}), got shape {list(transitions.shape)}")
-        for name, v in (("start", start), ("end", end)):
-            if v is not None and tuple(v.shape) != (M,):
-                raise ValueError(f"crf_viterbi: {name} must have shape (M,) = ({M},), got shape {list(v.shape)}")
-        _check_counts("crf_viterbi", "lengths", lengths, B, 0, N, "[0, N]")
-        return _reference.crf_viterbi(emissions, transitions, lengths, start, end)
     return tuple(torch.ops.fusedembed.crf_viterbi(emissions, transitions, lengths, start, end))
 
 
@@ -197,20 +151,3 @@ def alignment_segments(assignment: torch.Tensor, lengths=None, as_tensor: bool =
         out[b].append((s, e, r))
     return out
 
-
-if has_extension():
-
-    def _viterbi_outputs(x):
-        B, N = x.shape[0], x.shape[1]
-        return x.new_empty((B, N), dtype=torch.long), x.new_empty((B,), dtype=torch.float32)
-
-    @torch.library.register_fake("fusedembed::mrf_viterbi")
-    def _mrf_viterbi_fake(unary, beta, lengths=None, num_regions=None):
-        torch._check(unary.dim() == 3, lambda: f"mrf_viterbi: unary must be (B, N, M), got {unary.dim()}-d")
-        return _viterbi_outputs(unary)
-
-    @torch.library.register_fake("fusedembed::crf_viterbi")
-    def _crf_viterbi_fake(emissions, transitions, lengths=None, start=None, end=None):
-        torch._check(emissions.dim() == 3,
-                     lambda: f"crf_viterbi: emissions must be (B, N, M), got {emissions.dim()}-d")
-        return _viterbi_outputs(emissions)

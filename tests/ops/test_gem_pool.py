@@ -1,14 +1,12 @@
 import math
+import re
 
 import pytest
 import torch
 
-import fusedembed
 from fusedembed.nn import GeM
 from fusedembed.ops import _reference, gem_pool
 from fusedembed.testing import cpu_and_cuda, tolerance
-
-pytestmark = pytest.mark.skipif(not fusedembed.has_extension(), reason="fusedembed._C not built")
 
 SHAPES = [(2, 3, 1, 1), (3, 5, 7, 7), (2, 16, 14, 14), (2, 9, 5, 3), (1, 13, 32, 32), (4, 7, 11)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -184,7 +182,7 @@ def test_nan_propagates(device, dtype):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("eps", [1e-30, 1e-40])
+@pytest.mark.parametrize("eps", [1e-30, 1.1754944e-38])
 def test_tiny_eps_and_values(device, eps):
     # Ratios to the row maximum far below float's normal range still give the reference.
     torch.manual_seed(7)
@@ -224,15 +222,108 @@ def test_compile_fullgraph_and_meta():
         (lambda: (torch.rand(2, 3, 4, 4), "3"), "p must be a float or a tensor, got str"),
     ],
 )
+@pytest.mark.extension
 def test_bad_input_is_named(make_args, message):
     x, p = make_args()
     with pytest.raises((RuntimeError, ValueError, TypeError), match=_escape(message)):
         gem_pool(x, p)
 
 
-def test_bad_eps():
-    with pytest.raises(RuntimeError, match="eps must be finite and > 0, got 0"):
-        gem_pool(torch.rand(1, 2, 3, 3), 3.0, eps=0.0)
+@pytest.mark.extension
+def test_bad_p_tensor_names_the_bad_value():
+    with pytest.raises(RuntimeError, match=re.escape("gem_pool: p must be finite and > 0, got inf")):
+        gem_pool(torch.rand(2, 3, 4, 4), torch.tensor([2.0, float("inf"), 3.0]))
+
+
+# --- edges: each failed before its fix (the closing note of issue 16 has the values) --------------
+
+EXTREME = [1e-30, 1e30, 1.0, 1e-10]
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize(
+    "p, y_true, grad_true",
+    [
+        (1.0, 2.5e29, [0.25] * 4),  # was [nan, .25, .25, .25]
+        # True values from mpmath at 50 digits: dy/dx_0 = (x_0 / y)^(-1/2) / 4 = 6.25e28 (was inf).
+        (0.5, 6.25e28, [6.25e28, 0.0625, 6.25e13, 6.25e18]),
+    ],
+)
+def test_extreme_ratios_have_exact_gradients(device, p, y_true, grad_true):
+    x0 = torch.tensor(EXTREME, device=device).repeat(2, 3, 1)
+    for name, xl in layouts(x0):
+        x = xl.detach().requires_grad_()
+        y = gem_pool(x, p, eps=1e-35)
+        y.sum().backward()
+        torch.testing.assert_close(y, torch.full_like(y, y_true), rtol=1e-5, atol=0, msg=name)
+        expected = torch.tensor(grad_true, device=device).expand(2, 3, 4)
+        torch.testing.assert_close(x.grad, expected, rtol=1e-5, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_learnable_p_at_the_smallest_eps(device):
+    # Zeros clamp to the smallest eps accepted; dp was NaN with eps = 1e-45.
+    torch.manual_seed(9)
+    eps = 1.1754944e-38
+    x0 = torch.rand(2, 3, 5, 5, device=device) * 3
+    x0[:, :, 0, :] = 0.0
+    xr, pr = x0.double().requires_grad_(), torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    _reference.gem_pool(xr, pr, eps).sum().backward()
+    for name, xl in layouts(x0):
+        x, p = xl.detach().requires_grad_(), torch.tensor(0.7, device=device, requires_grad=True)
+        gem_pool(x, p, eps=eps).sum().backward()
+        assert torch.isfinite(p.grad), name
+        torch.testing.assert_close(p.grad.double().cpu(), pr.grad, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(x.grad.double(), xr.grad.to(device), rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.extension
+@pytest.mark.parametrize("eps", [1e-45, 1e-46, 0.0, -1.0, float("inf"), float("nan")])
+def test_eps_below_the_smallest_normal_float_is_refused(eps):
+    # 1e-46 passed the check before and returned NaN; 1e-45 gave a NaN dp.
+    message = f"gem_pool: eps must be finite and >= 1.175494e-38 (the smallest normal float32), got {eps:g}"
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        gem_pool(torch.rand(1, 2, 3, 3), 3.0, eps=eps)
+
+
+def test_eps_must_be_a_number():
+    with pytest.raises(TypeError, match=re.escape("gem_pool: eps must be a float, got NoneType")):
+        gem_pool(torch.rand(1, 2, 3, 3), 3.0, eps=None)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64], ids=str)
+def test_inf_pools_to_inf(device, dtype):
+    # +inf gave NaN (kernel and reference alike); the mean of powers is infinite, so is y.
+    x0 = torch.rand(2, 3, 4, 4, device=device) + 0.5
+    x0[0, 1, 2, 3] = float("inf")
+    x0[1, 2] = float("inf")  # a whole row: two infinite partial maxima meet (CUDA merge)
+    rows = torch.zeros(2, 3, dtype=torch.bool, device=device)
+    rows[0, 1] = rows[1, 2] = True
+    ref = _reference.gem_pool(x0.to(dtype), torch.tensor(3.0))
+    assert torch.equal(torch.isposinf(ref), rows) and torch.isfinite(ref[~rows]).all()
+    for name, xl in layouts(x0.to(dtype)):
+        y = gem_pool(xl, 3.0)
+        assert torch.equal(torch.isposinf(y), rows), name
+        torch.testing.assert_close(y[~rows], ref[~rows], msg=name)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_float16_subnormal_outputs_have_exact_gradients(device):
+    # Outputs below float16's smallest normal (6.1e-5): backward read the rounded y, and dx was off
+    # by up to 34% at p = 10. The op keeps y in float32 for backward.
+    torch.manual_seed(8)
+    x0 = (torch.rand(2, 4, 5, 5, device=device) * 2e-6 + 1e-7).half()
+    xr = x0.double().requires_grad_()
+    yr = _reference.gem_pool(xr, torch.tensor(10.0, dtype=torch.float64), 1e-8)
+    yr.sum().backward()
+    assert (yr < 6.1e-5).all()
+    for name, xl in layouts(x0):
+        x = xl.detach().requires_grad_()
+        y = gem_pool(x, 10.0, eps=1e-8)
+        y.float().sum().backward()
+        torch.testing.assert_close(y.double(), yr.detach(), rtol=0, atol=6e-8, msg=name)  # float16's spacing there
+        torch.testing.assert_close(x.grad.double(), xr.grad, rtol=2e-3, atol=1e-7, msg=name)
 
 
 @pytest.mark.cuda

@@ -4,20 +4,17 @@ import re
 import pytest
 import torch
 
-import fusedembed
 from fusedembed.ops import _reference, alignment_segments, crf_viterbi, mrf_viterbi
 from fusedembed.testing import cpu_and_cuda, pytorch_crf_decode
-
-pytestmark = pytest.mark.skipif(not fusedembed.has_extension(), reason="fusedembed._C not built")
 
 INF = float("inf")
 NAN = float("nan")
 
 
-def assert_same(got, expected, msg=""):
-    """Paths exactly, scores exactly (every implementation sums the same float32 values in the same order)."""
+def assert_same(got, expected, msg="", dtype=torch.float32):
+    """Paths exactly, scores exactly (every implementation sums the same values in the same order)."""
     (p, s), (p2, s2) = got, expected
-    assert p.dtype == torch.long and s.dtype == torch.float32, msg
+    assert p.dtype == torch.long and s.dtype == dtype, msg
     assert torch.equal(p.cpu(), p2.cpu()), f"{msg}\n{p}\n{p2}"
     torch.testing.assert_close(s.cpu(), s2.cpu(), rtol=0, atol=0, equal_nan=True, msg=msg)
 
@@ -349,8 +346,7 @@ U = torch.zeros(3, 5, 4)
     "call, message",
     [
         (lambda: mrf_viterbi(torch.zeros(5, 4), 1.0), "mrf_viterbi: unary must be (B, N, M), got a 2-d tensor of shape [5, 4]"),
-        (lambda: mrf_viterbi(U.double(), 1.0), "mrf_viterbi: unary must be float32, float16 or bfloat16, got Double"),
-        (lambda: mrf_viterbi(U.long(), 1.0), "mrf_viterbi: unary must be float32, float16 or bfloat16, got Long"),
+        (lambda: mrf_viterbi(U.long(), 1.0), "mrf_viterbi: unary must be float32, float16, bfloat16 or float64, got Long"),
         (lambda: mrf_viterbi(torch.zeros(3, 5, 0), 1.0), "mrf_viterbi: unary must have 1 to 65535 states (M), got shape [3, 5, 0]"),
         (lambda: mrf_viterbi(U, torch.ones(2)), "mrf_viterbi: beta must be a float, a 1-element tensor or have shape (B,) = (3,), got shape [2]"),
         (lambda: mrf_viterbi(U, torch.ones(3, dtype=torch.long)), "mrf_viterbi: beta must be a floating tensor, got Long"),
@@ -367,12 +363,20 @@ U = torch.zeros(3, 5, 4)
         (lambda: crf_viterbi(U, torch.zeros(4, 4), start=torch.zeros(3)), "crf_viterbi: start must have shape (M,) = (4,), got shape [3]"),
         (lambda: crf_viterbi(U, torch.zeros(4, 4), end=torch.zeros(1, 4)), "crf_viterbi: end must have shape (M,) = (4,), got shape [1, 4]"),
         (lambda: crf_viterbi(U, torch.zeros(4, 4), [6, 0, 0]), "crf_viterbi: lengths must be in [0, N] = [0, 5], got 6"),
-        (lambda: crf_viterbi(U.bool(), torch.zeros(4, 4)), "crf_viterbi: emissions must be float32, float16 or bfloat16, got Bool"),
+        (lambda: crf_viterbi(U.bool(), torch.zeros(4, 4)), "crf_viterbi: emissions must be float32, float16, bfloat16 or float64, got Bool"),
     ],
 )
+@pytest.mark.extension
 def test_bad_input_is_named(call, message):
     with pytest.raises((RuntimeError, ValueError, TypeError), match=re.escape(message)):
         call()
+
+
+def test_start_and_end_must_be_tensors():
+    with pytest.raises(TypeError, match=re.escape("crf_viterbi: start must be a (M,) tensor or None, got list")):
+        crf_viterbi(U, torch.zeros(4, 4), start=[0.0] * 4)
+    with pytest.raises(TypeError, match=re.escape("crf_viterbi: end must be a (M,) tensor or None, got tuple")):
+        crf_viterbi(U, torch.zeros(4, 4), end=(0.0,) * 4)
 
 
 @pytest.mark.cuda
@@ -432,22 +436,33 @@ def test_cuda_crf_large_m_global_paths():
     assert_same(crf_viterbi(unary.cuda(), T.cuda(), lengths.cuda()), crf_viterbi(unary, T, lengths))
 
 
-def test_reference_fallback_same_results_and_messages(monkeypatch):
-    import sys
+# ---------------------------------------------------------------------------- float64
 
-    mod = sys.modules["fusedembed.ops.mrf_viterbi"]  # the package attribute is the function
 
-    unary, beta, lengths, regions = random_problem(6, 9, 5, "cpu", ties=True, seed=13)
-    T = torch.randint(-2, 3, (5, 5)).float()
-    expected_mrf = mrf_viterbi(unary, beta, lengths, regions)
-    expected_crf = crf_viterbi(unary, T, lengths, T[0], T[1])
-    monkeypatch.setattr(mod, "has_extension", lambda: False)
-    monkeypatch.setattr(fusedembed._extension, "_warned", set())
-    with pytest.warns(RuntimeWarning, match="mrf_viterbi runs the pure-PyTorch reference"):
-        assert_same(mod.mrf_viterbi(unary, beta, lengths, regions), expected_mrf)
-    with pytest.warns(RuntimeWarning, match="crf_viterbi runs the pure-PyTorch reference"):
-        assert_same(mod.crf_viterbi(unary, T, lengths, T[0], T[1]), expected_crf)
-    with pytest.raises(ValueError, match=re.escape("mrf_viterbi: num_regions must be in [1, M] = [1, 5], got 6")):
-        mod.mrf_viterbi(unary, 1.0, None, torch.full((6,), 6))
-    with pytest.raises(ValueError, match=re.escape("crf_viterbi: transitions must be (M, M) = (5, 5) or")):
-        mod.crf_viterbi(unary, torch.zeros(5, 4))
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_float64_decodes_in_double(device):
+    # 1e-12 apart: one state in double, a tie in float32 (where the tie rule would pick state 0).
+    u = torch.tensor([[[1.0, 1.0 + 1e-12], [0.5, 0.5]]], dtype=torch.float64, device=device)
+    path, score = mrf_viterbi(u, 0.25)
+    assert path.tolist() == [[1, 1]] and score.dtype == torch.float64
+    assert score.item() == (1.0 + 1e-12) + 0.25 + 0.5
+    path, score = crf_viterbi(u, torch.zeros(2, 2, dtype=torch.float64, device=device))
+    assert path.tolist() == [[1, 0]] and score.item() == (1.0 + 1e-12) + 0.5
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_float64_matches_reference_and_pytorch_crf(device):
+    unary, beta, lengths, regions = random_problem(7, 9, 6, device, seed=14)
+    unary, beta = unary.double(), beta.double()
+    f64 = dict(dtype=torch.float64)
+    assert_same(mrf_viterbi(unary, beta, lengths, regions),
+                _reference.mrf_viterbi(unary, beta, lengths, regions), "mrf", **f64)
+    T, start, end = torch.randn(3, 6, 6, dtype=torch.float64, device=device).unbind(0)
+    start, end = start[0], end[0]
+    got = crf_viterbi(unary, T, lengths, start, end)
+    assert_same(got, _reference.crf_viterbi(unary, T, lengths, start, end), "crf", **f64)
+    lengths = lengths.clamp(min=1)  # pytorch-crf needs each mask's first step on
+    got = crf_viterbi(unary, T, lengths, start, end)
+    mask = torch.arange(9, device=device) < lengths[:, None]
+    expected = pytorch_crf_decode(unary.cpu().transpose(0, 1), mask.cpu().t(), T.cpu(), start.cpu(), end.cpu())
+    assert [row[:n].tolist() for row, n in zip(got[0].cpu(), lengths.tolist())] == expected
