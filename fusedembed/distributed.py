@@ -8,6 +8,7 @@ rank with :func:`reduce_state_` before they are saved. Every function is the ide
 single process, so plugin code is written once.
 """
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import List
@@ -38,14 +39,19 @@ def world() -> World:
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def init(device_type: str) -> World:
-    """Joins the process group torchrun describes (NCCL on CUDA, gloo on CPU); alone, World()."""
+def init(device_type: str, timeout_s: float = 1800.0) -> World:
+    """Joins the process group torchrun describes (NCCL on CUDA, gloo on CPU); alone, World().
+    A collective that waits more than ``timeout_s`` (a stalled or dead rank) raises instead
+    of hanging; the error names the rank and the collective."""
+    if not timeout_s > 0:
+        raise ValueError(f"trainer.dist_timeout_s must be > 0, got {timeout_s}")
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
     w = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
     return w
 
 

@@ -15,7 +15,8 @@ Recipe keys it reads (see :mod:`fusedembed.recipe` for types and defaults):
   deterministic, log_every, eval_every, checkpoint_every, best_metric, best_mode, bn_eval,
   loss_lr_mult, loss_weight_decay, optimizer.{name, momentum, nesterov, weight_decay, betas,
   lr_mult, no_weight_decay, decay_norm_bias, weight_decay_mult}, scheduler.{name, step_size, milestones, gamma,
-  min_lr, warmup_epochs, warmup, warmup_factor}.
+  min_lr, warmup_epochs, warmup, warmup_factor}, sync_bn (DDP: SyncBatchNorm), dist_timeout_s (default 1800: a stalled
+  rank ends the job), hooks (``[{name, **kwargs}]``: registered trainer hooks, after the built-ins).
 - ``stages: [{name, <section>: ...}]``: run in order, each from the previous stage's weights
   with fresh optimizers; a loss whose label (its name, made unique) and state shapes match one
   of the previous stage keeps that state (a shared classifier, a learned margin).
@@ -28,7 +29,9 @@ from .checkpoint import CheckpointError
 from .data import eval_loader
 from .evaluate import evaluate, load_model
 from .export import export
-from .loop import NonFiniteLossError, Trainer, train
+from .hooks import Hook, NonFiniteLossError
+from .loop import Trainer, train
+from .state import StageState
 
-__all__ = ["CheckpointError", "NonFiniteLossError", "Trainer", "eval_loader", "evaluate", "export", "load_model",
-           "train"]
+__all__ = ["CheckpointError", "Hook", "NonFiniteLossError", "StageState", "Trainer", "eval_loader", "evaluate",
+           "export", "load_model", "train"]
