@@ -23,8 +23,17 @@ from ..plugins import build
 from ..recipe import Recipe
 from . import checkpoint as ckpt
 from .data import to_device, train_loader
-from .hooks import (BestTracker, Checkpointer, Evaluator, MetricsLogger, NaNGuard, NonFiniteLossError,
-                    ProgressBar, StepCallback, build_hooks)
+from .hooks import (
+    BestTracker,
+    Checkpointer,
+    Evaluator,
+    MetricsLogger,
+    NaNGuard,
+    NonFiniteLossError,
+    ProgressBar,
+    StepCallback,
+    build_hooks,
+)
 from .logging import MetricsLog, Progress
 from .losses import build_losses, carry_loss_state, loss_states, loss_values
 from .optim import Schedule, build_optimizers
@@ -196,7 +205,6 @@ class Trainer:
         self.loss_params = [p for p in losses.parameters() if p.requires_grad]
         self.trainable = [p for p in model.parameters() if p.requires_grad] + self.loss_params
         self.loss_labels = ["loss"] + [f"loss/{t.label}" for t in self.terms]
-        self.step_samples = cfg.accumulate * cfg.batch_size
         val_set = build("dataset", recipe.data.val, split="val") if recipe.data.val else None
         evaluators = [(e if isinstance(e, str) else e["name"], build("evaluator", e)) for e in recipe.evaluators]
         self.hooks = [NaNGuard(), MetricsLogger(), Evaluator(evaluators, val_set), BestTracker(), Checkpointer(),
@@ -261,6 +269,7 @@ class Trainer:
                 h.before_epoch()
             for group in self._groups():
                 loss = self.run_step(group)
+                self.step_samples = len(group) * cfg.batch_size
                 s.step += 1
                 s.batch += len(group)
                 self.global_step += 1

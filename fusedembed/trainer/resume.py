@@ -35,13 +35,13 @@ def changed_keys(old: dict, new: dict) -> List[str]:
     """``key: old -> new`` for each key that differs and may not."""
     a, b = dict(_flat(old)), dict(_flat(new))
     missing = object()
-    out = []
-    for key in sorted(a.keys() | b.keys()):
-        va, vb = a.get(key, missing), b.get(key, missing)
-        if va != vb and not _allowed(key):
-            show = (lambda v: "(unset)" if v is missing else repr(v))
-            out.append(f"{key}: {show(va)} -> {show(vb)}")
-    return out
+
+    def show(v):
+        return "(unset)" if v is missing else repr(v)
+
+    return [f"{key}: {show(a.get(key, missing))} -> {show(b.get(key, missing))}"
+            for key in sorted(a.keys() | b.keys())
+            if a.get(key, missing) != b.get(key, missing) and not _allowed(key)]
 
 
 def check_resumable(state: dict, recipe, stage_names: List[str], path) -> None:
