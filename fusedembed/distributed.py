@@ -3,8 +3,9 @@
 The trainer joins the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK; NCCL on
 CUDA, gloo on CPU). Losses that compare items across the batch (in-batch negatives, distance
 weighted sampling, a B x B score matrix) call :func:`all_gather_with_grad` to see the global
-batch; counters and running statistics kept in a loss's buffers are made identical on every
-rank with :func:`reduce_state_` before they are saved. Every function is the identity in a
+batch; counters and running statistics kept in a loss's buffers stay identical on every rank
+when the loss counts the global batch (:func:`gather_batch`); the trainer saves
+:func:`consistent_state_dict`, so a checkpoint never depends on the rank that wrote it. Every function is the identity in a
 single process, so plugin code is written once.
 """
 
@@ -134,12 +135,109 @@ def reduce_state_(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+@torch.no_grad()
+def consistent_state_dict(module: torch.nn.Module) -> dict:
+    """``module.state_dict()`` with each buffer that differs between ranks reduced as
+    :func:`reduce_state_` does (floating: mean, integer: sum, bool: any), leaving the module
+    itself untouched: what the trainer saves, so a checkpoint does not depend on the rank that
+    wrote it. Call it on every rank."""
+    state = module.state_dict()
+    if not _active():
+        return state
+    buffers = {name for name, _ in module.named_buffers()}     # parameters are DDP's to keep equal
+    out = {}
+    for key, value in state.items():
+        if key in buffers and not _same_everywhere(value):
+            value = value.clone()
+            if value.is_floating_point():
+                dist.all_reduce(value)
+                value /= dist.get_world_size()
+            elif value.dtype == torch.bool:
+                acc = value.to(torch.int32)
+                dist.all_reduce(acc)
+                value = acc > 0
+            else:
+                dist.all_reduce(value)
+        out[key] = value
+    return out
+
+
 def _same_everywhere(buf: torch.Tensor) -> bool:
     flat = buf.detach().reshape(-1).to(torch.float64)
     lo, hi = flat.clone(), flat.clone()
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     return bool(torch.equal(lo, hi))
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; its gradient is the sum over ranks too (every rank's loss uses the sum)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch (all ranks), with
+    gradients through them: :class:`torch.nn.SyncBatchNorm` for any device, gloo on CPU
+    included (which SyncBatchNorm refuses). Same parameters, buffers and state-dict keys as
+    the layer it replaces; outside training, or alone, it is plain batch norm."""
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f"GlobalBatchNorm: expected an input of at least 2 dims, got {input.dim()}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and _active()):
+            return super().forward(x)
+        self._check_input_dim(x)
+        dims = [0, *range(2, x.dim())]
+        local = torch.cat([x.sum(dims), (x * x).sum(dims),
+                           x.new_tensor([x.numel() // x.shape[1]], dtype=x.dtype)])
+        total = _AllReduceSum.apply(local)
+        c = x.shape[1]
+        n = total[-1].detach()
+        mean, var = total[:c] / n, total[c:2 * c] / n - (total[:c] / n) ** 2
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1).clamp(min=1)), alpha=m)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def convert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with every BatchNorm layer computing global-batch statistics: torch's
+    SyncBatchNorm on CUDA, :class:`GlobalBatchNorm` elsewhere."""
+    if any(p.is_cuda for p in module.parameters()):
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _convert(module)
+
+
+def _convert(module):
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        module.add_module(name, _convert(child))
+    return module
 
 
 def mean(t: torch.Tensor, w: World) -> torch.Tensor:

@@ -162,8 +162,9 @@ class Trainer:
     def save(self, best: bool = False) -> None:
         """Flushes (a NaN never reaches a checkpoint), then rank 0 writes last.pt (and best.pt)."""
         self.flush()
+        losses = D.consistent_state_dict(self.state.losses)     # a collective: every rank
         if self.main:
-            state = self.checkpoint_state()        # built once when it goes to both files
+            state = {**self.checkpoint_state(), "losses": losses}   # built once for both files
             ckpt.save(state, self.run_dir / "last.pt")
             if best:
                 ckpt.save(state, self.run_dir / "best.pt")
@@ -186,9 +187,9 @@ class Trainer:
             carry_loss_state(losses, self.terms, prev[1])
         dev = self.device
         self.channels_last = cfg.channels_last and dev.type == "cuda"
-        if cfg.sync_bn and self.world.distributed:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(dev, memory_format=torch.channels_last) if self.channels_last else model.to(dev)
+        if cfg.sync_bn and self.world.distributed:
+            model = D.convert_sync_batchnorm(model)
         losses.to(dev)
         optimizers = build_optimizers(model, losses, cfg)   # freezes lr_mult-0 parameters first
         if not recipe.data.train:
