@@ -1,5 +1,7 @@
 """What a resume may change: only keys that cannot change the trained weights (where it stops,
-how often it logs, checkpoints and evaluates, the device, the data workers). Anything else
+how often it logs, checkpoints and evaluates, the device, the number of data workers as long
+as there are some: items made in workers are seeded by their position, in the main process they
+draw from the global generators). Anything else
 (seed, batch size, model, losses, data, schedule) would silently give another run, so it is
 refused, naming each changed key with its old and new value."""
 
@@ -10,7 +12,7 @@ from .checkpoint import CheckpointError
 
 # Dotted keys a resumed run may set differently; "stages" entries compare key by key too.
 MAY_CHANGE = {"description", "data.test", "trainer.max_steps", "trainer.log_every", "trainer.checkpoint_every",
-              "trainer.eval_every", "trainer.device", "trainer.workers", "trainer.eval_batch_size",
+              "trainer.eval_every", "trainer.device", "trainer.eval_batch_size",
               "trainer.dist_timeout_s"}
 
 
@@ -39,9 +41,13 @@ def changed_keys(old: dict, new: dict) -> List[str]:
     def show(v):
         return "(unset)" if v is missing else repr(v)
 
+    def same(key, va, vb):
+        if key.endswith("trainer.workers") and isinstance(va, int) and isinstance(vb, int):
+            return (va > 0) == (vb > 0)
+        return va == vb or _allowed(key)
+
     return [f"{key}: {show(a.get(key, missing))} -> {show(b.get(key, missing))}"
-            for key in sorted(a.keys() | b.keys())
-            if a.get(key, missing) != b.get(key, missing) and not _allowed(key)]
+            for key in sorted(a.keys() | b.keys()) if not same(key, a.get(key, missing), b.get(key, missing))]
 
 
 def check_resumable(state: dict, recipe, stage_names: List[str], path) -> None:

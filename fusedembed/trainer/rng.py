@@ -2,10 +2,11 @@
 that make a dataset's random augmentations a function of (seed, epoch, position) alone.
 
 The global generators (Python, NumPy, torch CPU and CUDA) feed dropout, random shifts and the
-like in the main process; they are checkpointed and restored after every object that draws
-at construction is built. A dataset's ``__getitem__`` instead runs under a seed derived from
-the item's place in the epoch (:class:`SeededItems`), so the number of DataLoader workers,
-their prefetching and a resume mid-epoch never change what an item draws.
+like in the main process, and with ``workers=0`` the dataset's random augmentation too; they
+are checkpointed and restored after every object that draws at construction is built. In a
+DataLoader worker, a dataset's ``__getitem__`` runs under a seed derived from the item's place
+in the epoch (:class:`SeededItems`), so the number of workers, their prefetching and a resume
+mid-epoch never change what an item draws.
 """
 
 import random
@@ -55,11 +56,11 @@ Key = Tuple[int, int, int]
 
 
 class SeededItems(Dataset):
-    """``dataset`` fetched by keys ``(epoch, position, index)``: each item is made under the
-    Python, NumPy and torch CPU generators seeded from ``(seed, epoch, position)``; in the main
-    process (``workers=0``) the generators are put back afterwards, so the training stream
-    (dropout, shifts) does not depend on the data. ``set_epoch`` reaches the dataset in every
-    worker, persistent ones included."""
+    """``dataset`` fetched by keys ``(epoch, position, index)``. In a worker process each item
+    is made under the Python, NumPy and torch CPU generators seeded from ``(seed, epoch,
+    position)`` (a worker's own streams would depend on which batches it was dealt). In the
+    main process the item draws from the global generators, which the checkpoint holds, at no
+    cost per item. ``set_epoch`` reaches the dataset in every worker, persistent ones included."""
 
     def __init__(self, dataset, seed: int):
         self.dataset, self.seed, self.epoch = dataset, int(seed), None
@@ -72,22 +73,16 @@ class SeededItems(Dataset):
 
     def __getitems__(self, keys: List[Key]) -> list:
         in_worker = torch.utils.data.get_worker_info() is not None
-        saved = None if in_worker else (random.getstate(), np.random.get_state(), torch.get_rng_state())
-        try:
-            items = []
-            for epoch, position, index in keys:
-                if epoch != self.epoch:
-                    if callable(getattr(self.dataset, "set_epoch", None)):
-                        self.dataset.set_epoch(epoch)
-                    self.epoch = epoch
+        items = []
+        for epoch, position, index in keys:
+            if epoch != self.epoch:
+                if callable(getattr(self.dataset, "set_epoch", None)):
+                    self.dataset.set_epoch(epoch)
+                self.epoch = epoch
+            if in_worker:
                 s = mix(self.seed, epoch, position)
                 random.seed(s)
                 np.random.seed(s >> 32)
                 torch.default_generator.manual_seed(s)
-                items.append(self.dataset[index])
-            return items
-        finally:
-            if saved is not None:
-                random.setstate(saved[0])
-                np.random.set_state(saved[1])
-                torch.set_rng_state(saved[2])
+            items.append(self.dataset[index])
+        return items
