@@ -20,6 +20,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from .errors import UserError
 from .plugins import current_registries
 from .recipe import STAGE_SECTIONS, Recipe, trainer_range_problems
 from .registry import KINDS, Component, Registries, RegistryError, did_you_mean
@@ -27,7 +28,7 @@ from .registry import KINDS, Component, Registries, RegistryError, did_you_mean
 RESOLVED_NAME = "config.yaml"
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """One or more problems with a recipe; ``problems`` lists them one per line."""
 
     def __init__(self, problems: Union[str, Sequence[str]], source=None):

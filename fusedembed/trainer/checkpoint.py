@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
+
 FORMAT = "fusedembed-checkpoint"
 VERSION = 2
 READABLE = (1, 2)         # versions whose weights load; only VERSION resumes
@@ -19,7 +21,7 @@ REQUIRED = ("format", "version", "stage", "epoch", "batch", "step", "model", "lo
             "optimizers", "schedule", "rng", "config")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     pass
 
 

@@ -8,6 +8,7 @@ import itertools
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from ..errors import UsageError
 from .rng import SeededItems
 
 
@@ -19,10 +20,10 @@ class GlobalBatchSampler(Sampler):
     def __init__(self, n: int, global_batch: int, *, seed: int, rank: int = 0, world: int = 1,
                  shuffle: bool = True):
         if global_batch % world:
-            raise ValueError(f"trainer.batch_size ({global_batch}) must be divisible by the number of "
+            raise UsageError(f"trainer.batch_size ({global_batch}) must be divisible by the number of "
                              f"processes ({world})")
         if n < global_batch:
-            raise ValueError(f"the train set has {n} items, fewer than one batch of {global_batch}")
+            raise UsageError(f"the train set has {n} items, fewer than one batch of {global_batch}")
         self.n, self.global_batch, self.seed, self.rank, self.world = n, global_batch, seed, rank, world
         self.shuffle, self.epoch, self.start = shuffle, 0, 0
         self.local = global_batch // world

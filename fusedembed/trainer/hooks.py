@@ -13,6 +13,7 @@ from typing import Dict, List
 import torch
 
 from .. import distributed as D
+from ..errors import UserError
 from .data import eval_loader
 
 
@@ -43,7 +44,7 @@ class Hook:
         pass
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     def __init__(self, step: int, loss: str, value: float):
         self.step, self.loss, self.value = step, loss, value
         super().__init__(f"loss {loss!r} is {value} at step {step}; training stopped (the last "

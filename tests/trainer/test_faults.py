@@ -144,3 +144,21 @@ def test_a_stage_override_out_of_range_names_the_stage(make_recipe):
     tree["stages"] = [{"name": "two", "trainer": {"accumulate": 0}}]
     with pytest.raises(RecipeError, match=r"stages\[0\] \(two\): trainer\.accumulate must be >= 1, got 0"):
         validate(tree)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_cuda_without_a_gpu_says_what_to_do_in_one_line(make_recipe, dump_recipe, tmp_path, capsys):
+    cfg = dump_recipe(make_recipe(), tmp_path / "r.yaml")
+    assert cli.main(["train", str(cfg), "--run-dir", str(tmp_path / "run"), "trainer.device=cuda"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no CUDA GPU is visible" in err and "trainer.device=cpu" in err
+
+
+def test_cli_eval_without_evaluators_says_what_to_do_in_one_line(make_recipe, dump_recipe, tmp_path, capsys):
+    base = make_recipe(trainer={"max_steps": 1})
+    train(base, tmp_path / "run", out=lambda _: None)
+    cfg = dump_recipe(make_recipe(evaluators=[], data={"train": base.data.train, "test": base.data.val}),
+                      tmp_path / "r.yaml")
+    assert cli.main(["eval", str(cfg), "--checkpoint", str(tmp_path / "run" / "last.pt")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "lists no evaluators" in err and "evaluators:" in err
