@@ -335,3 +335,38 @@ def test_ddp_two_gloo_processes_match_one_process(make_recipe, dump_recipe, tmp_
     assert diff == 0.0                                     # ranks identical after training
     ddp_loss = [r["loss"] for r in rows(tmp_path / "ddp")]
     assert ddp_loss == pytest.approx([r["loss"] for r in rows(tmp_path / "single")], abs=1e-5)
+
+
+def test_a_plugin_hook_from_the_recipe_sees_steps_losses_and_evaluations(make_recipe, tmp_path):
+    from fusedembed.testing import plugin_manager
+    from fusedembed.trainer import Hook
+
+    made = []
+
+    class Recorder(Hook):
+        def __init__(self, every: int = 1):
+            self.every, self.events = every, []
+
+        def after_step(self):
+            if self.trainer.state.step % self.every == 0:
+                self.events.append(("step", self.trainer.global_step))
+
+        def on_losses(self, steps, values):
+            self.events.append(("losses", tuple(steps), values.shape[1]))
+
+        def on_eval(self, metrics):
+            self.events.append(("eval", sorted(metrics)))
+
+    def factory(every: int = 1):
+        made.append(Recorder(every))
+        return made[-1]
+
+    regs = plugin_manager().registries
+    regs["hook"].add("recorder", factory, plugin="test")
+    with regs.active():
+        train(make_recipe(trainer={"epochs": 1, "log_every": 2, "hooks": [{"name": "recorder", "every": 2}]}),
+              tmp_path, out=lambda _: None)
+    (hook,) = made
+    # the built-in logger flushes before plugin hooks see the step; [total, bce] per step
+    assert hook.events[:4] == [("losses", (1, 2), 2), ("step", 2), ("losses", (3, 4), 2), ("step", 4)]
+    assert len(hook.events) == 5 and hook.events[4][0] == "eval" and "map" in hook.events[4][1]
