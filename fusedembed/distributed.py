@@ -240,6 +240,18 @@ def _convert(module):
     return module
 
 
+def shard_range(n: int) -> range:
+    """This rank's contiguous share of ``range(n)`` (the first ``n % size`` ranks get one more),
+    so that :func:`gather_batch` of per-shard results restores the order of ``range(n)``. An
+    evaluator embeds its shard and gathers; the whole range when not distributed."""
+    if not _active():
+        return range(n)
+    size, rank = dist.get_world_size(), dist.get_rank()
+    base, extra = divmod(n, size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (rank < extra))
+
+
 def mean(t: torch.Tensor, w: World) -> torch.Tensor:
     if w.distributed:
         t = t.clone()

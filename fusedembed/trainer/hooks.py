@@ -97,7 +97,9 @@ class MetricsLogger(Hook):
 
 class Evaluator(Hook):
     """Runs the recipe's evaluators on ``data.val`` every ``eval_every`` epochs and at the
-    stage's end, on rank 0 (the others wait)."""
+    stage's end. Under DDP an evaluator whose ``distributed`` attribute is true runs on every
+    rank (each embeds its shard, :func:`fusedembed.distributed.shard_range`, and gathers);
+    others run on rank 0 while the rest wait."""
 
     def __init__(self, evaluators, val_set):
         self.evaluators, self.val_set = evaluators, val_set
@@ -108,17 +110,19 @@ class Evaluator(Hook):
             return
         if not (t.state.epoch % t.cfg.eval_every == 0 or t.stage_done):
             return
+        metrics: Dict[str, float] = {}
+        loader = eval_loader(self.val_set, t.stage_recipe)
+        with t.autocast():
+            for name, evaluator in self.evaluators:
+                if not (t.world.is_main or getattr(evaluator, "distributed", False)):
+                    continue
+                for k, v in evaluator(t.state.model, loader, device=t.device).items():
+                    if k in metrics:
+                        raise ValueError(f"evaluator {name!r} reports {k!r}, which another evaluator "
+                                         f"already reported")
+                    metrics[k] = float(v)
+        t.model.train()
         if t.world.is_main:
-            metrics: Dict[str, float] = {}
-            loader = eval_loader(self.val_set, t.stage_recipe)
-            with t.autocast():
-                for name, evaluator in self.evaluators:
-                    for k, v in evaluator(t.state.model, loader, device=t.device).items():
-                        if k in metrics:
-                            raise ValueError(f"evaluator {name!r} reports {k!r}, which another evaluator "
-                                             f"already reported")
-                        metrics[k] = float(v)
-            t.model.train()
             t.last_eval = metrics
             t.log_row({"step": t.global_step, "stage": t.state.name, "epoch": t.state.epoch,
                        **{f"val/{k}": v for k, v in metrics.items()}})

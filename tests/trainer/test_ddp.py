@@ -86,3 +86,10 @@ def test_dualpath_scenes_stage_two_two_processes_equal_one(regs, scenes_root, tm
         "stages.1.trainer.epochs=1"])
     ddp, one = compare(recipe, tmp_path)
     assert ddp["stage_name"] == "stage2"
+    # the evaluation: each rank encoded half of data.val, gathered; the same figures as one process
+    val = {d: [json.loads(ln) for ln in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+               if "val/rsum" in ln] for d in ("ddp", "one")}
+    assert len(val["ddp"]) == len(val["one"]) == 2
+    for a, b in zip(val["ddp"], val["one"]):
+        assert {k: v for k, v in a.items() if k.startswith("val/")} == pytest.approx(
+            {k: v for k, v in b.items() if k.startswith("val/")}, abs=1e-6)
