@@ -17,6 +17,8 @@ from typing import List
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 
 @dataclass(frozen=True)
 class World:
@@ -238,6 +240,25 @@ def _convert(module):
     for name, child in module.named_children():
         module.add_module(name, _convert(child))
     return module
+
+
+class StalledRankError(UserError, RuntimeError):
+    """A collective did not complete within ``trainer.dist_timeout_s``, or a peer died."""
+
+
+# what gloo and NCCL say when a peer is too slow or gone
+_STALL_SIGNS = ("timed out", "timeout", "connection closed", "connection reset", "broken pipe")
+
+
+def stalled_error(err: BaseException, w: World, timeout_s: float, where: str):
+    """A StalledRankError naming this rank, the collective (``where``) and the timeout when
+    ``err`` is a backend's timeout or lost-peer error; None for other errors."""
+    if not w.distributed or not any(s in str(err).lower() for s in _STALL_SIGNS):
+        return None
+    first = (str(err).strip().splitlines() or [""])[-1][:300]
+    return StalledRankError(f"rank {w.rank} of {w.size}: a collective in {where} did not complete within "
+                            f"trainer.dist_timeout_s={timeout_s:g} s: another rank stalled or died ({first}); "
+                            f"the job stops instead of hanging")
 
 
 def shard_range(n: int) -> range:

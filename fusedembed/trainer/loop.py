@@ -238,11 +238,16 @@ class Trainer:
         self._wrap()
         if resume is not None:
             set_rng_state(resume["rng"])             # last: after everything that draws when built
-        self.stage_done = False
+        self.stage_done, self.phase = False, "the stage's start"
         for h in self.hooks:
             h.before_stage()
         try:
             self._epochs()
+        except RuntimeError as err:
+            stalled = D.stalled_error(err, self.world, self.cfg.dist_timeout_s, self.phase)
+            if stalled is None:
+                raise
+            raise stalled from err
         except KeyboardInterrupt:
             self.save()
             if self.main:
@@ -269,7 +274,9 @@ class Trainer:
             for h in self.hooks:
                 h.before_epoch()
             for group in self._groups():
+                self.phase = f"step {self.global_step + 1} (DDP's gradient all-reduce)"
                 loss = self.run_step(group)
+                self.phase = f"after step {self.global_step + 1} (hooks: loss flush, checkpoint, evaluation)"
                 self.step_samples = len(group) * cfg.batch_size
                 s.step += 1
                 s.batch += len(group)

@@ -17,10 +17,19 @@ from fusedembed.trainer import train
 PLUGINS = {"example": "fusedembed_example", "dualpath": "fusedembed_dualpath.plugin"}
 # `fusedembed train` with the built-in, example and dual-path plugins, installed or not
 CHILD = f"""
-import sys
+import os, sys, time
 from fusedembed import cli
 from fusedembed.testing import plugin_manager
-with plugin_manager(**{PLUGINS!r}).registries.active():
+from fusedembed.trainer import Hook
+
+class Stall(Hook):  # the rank named by STALL_RANK sleeps after step 2
+    def after_step(self):
+        if self.trainer.global_step == 2 and os.environ.get("STALL_RANK") == os.environ["RANK"]:
+            time.sleep(120)
+
+regs = plugin_manager(**{PLUGINS!r}).registries
+regs["hook"].add("stall", Stall, plugin="test")
+with regs.active():
     sys.exit(cli.main(["train", *sys.argv[1:]]))
 """
 
@@ -33,14 +42,18 @@ def regs():
         yield manager.registries
 
 
-def torchrun_train(recipe, tmp_path, name):
+def torchrun_train(recipe, tmp_path, name, stall_rank=None):
     cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump(to_dict(recipe)))
     (tmp_path / "child.py").write_text(CHILD)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "OMP_NUM_THREADS": "1"}
+    if stall_rank is not None:
+        env["STALL_RANK"] = str(stall_rank)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(tmp_path / "child.py"), str(cfg), "--run-dir", str(tmp_path / name)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if stall_rank is not None:
+        return done
     assert done.returncode == 0, done.stderr[-3000:]
     return torch.load(tmp_path / name / "last.pt", weights_only=True)
 
@@ -93,3 +106,14 @@ def test_dualpath_scenes_stage_two_two_processes_equal_one(regs, scenes_root, tm
     for a, b in zip(val["ddp"], val["one"]):
         assert {k: v for k, v in a.items() if k.startswith("val/")} == pytest.approx(
             {k: v for k, v in b.items() if k.startswith("val/")}, abs=1e-6)
+
+
+def test_a_stalled_rank_ends_the_job_naming_rank_and_collective(regs, tmp_path):
+    from fusedembed.trainer import Hook
+    regs["hook"].add("stall", Hook, plugin="test")          # the child's hook, by name
+    recipe = load_recipe("example/tiny", ["trainer.epochs=1", "trainer.dist_timeout_s=5",
+                                          "trainer.hooks=[{name: stall}]"])
+    done = torchrun_train(recipe, tmp_path, "stall", stall_rank=1)
+    assert done.returncode != 0
+    assert ("fusedembed train: error: rank 0 of 2: a collective in step 3 (DDP's gradient all-reduce) did not "
+            "complete within trainer.dist_timeout_s=5 s") in done.stdout + done.stderr, done.stderr[-3000:]
