@@ -120,8 +120,8 @@ class Trainer:
                 with self.autocast():
                     outputs = self.model(batch)
                     values = loss_values(s.losses, self.terms, outputs, batch)
-                    total = sum(t.weight * v for t, v in zip(self.terms, values))
-                scaled = total / len(group)
+                    total = self._weighted_sum(values)
+                scaled = total / len(group) if len(group) > 1 else total
                 (scaler.scale(scaled) if scaler else scaled).backward()
             rows.append(torch.stack([total.detach(), *(v.detach() for v in values)]))
         if self.loss_params and self.world.distributed:     # DDP averages the model's grads only
@@ -143,6 +143,14 @@ class Trainer:
             scaler.update()
         s.schedule.step()
         return rows[0] if len(rows) == 1 else torch.stack(rows).mean(0)
+
+    def _weighted_sum(self, values: List[torch.Tensor]) -> torch.Tensor:
+        # no kernels for weights of 1 or a start of 0: they are launches on every step
+        total = None
+        for term, v in zip(self.terms, values):
+            v = v if term.weight == 1.0 else term.weight * v
+            total = v if total is None else total + v
+        return total
 
     def flush(self) -> None:
         """Brings the losses of the steps since the last flush to the host (one sync, the mean
