@@ -234,6 +234,9 @@ def _convert(module):
     if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
         new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                               module.track_running_stats)
+        ref = module.weight if module.weight is not None else module.running_mean
+        if ref is not None:
+            new.to(device=ref.device, dtype=ref.dtype)
         new.load_state_dict(module.state_dict())
         new.train(module.training)
         return new
