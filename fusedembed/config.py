@@ -6,14 +6,17 @@ Mappings merge key by key and lists are replaced, except that a mapping whose ``
 starts afresh: the keys of one backbone (or optimizer) never leak into another. The result is
 checked against :class:`fusedembed.recipe.Recipe`, and every component against the factory it
 names (argument names, and the values of arguments it annotates with a scalar type); all
-problems are reported together. YAML aliases may not expand a file (or an override) past
-``MAX_ALIASED_NODES`` nodes.
+problems are reported together. YAML aliases and merge keys (``<<: *anchor``) may not expand
+a file (or an override) past ``MAX_ALIASED_NODES`` nodes, nor may it nest past ``MAX_DEPTH``
+levels.
 """
 
+import collections.abc
 import copy
 import dataclasses
 import inspect
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
@@ -39,17 +42,64 @@ class RecipeError(UserError, ValueError):
                          f"{head}:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML that reads ``1e-4`` as a float (YAML 1.2, not 1.1's string) and rejects
-    duplicate keys instead of silently keeping the last."""
+class _AliasLimit(yaml.YAMLError):
+    """Merge keys (``<<: *anchor``) copied more than MAX_ALIASED_NODES entries."""
 
-    def construct_mapping(self, node, deep=False):
-        keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
-        for i, key in enumerate(keys):
-            if key in keys[:i]:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
-                                                        node.start_mark)
-        return super().construct_mapping(node, deep=deep)
+
+class _TooDeep(yaml.YAMLError):
+    """Collections nested more than MAX_DEPTH levels."""
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that reads ``1e-4`` as a float (YAML 1.2, not 1.1's string), rejects
+    duplicate keys instead of silently keeping the last, and bounds merge keys."""
+
+    merged = 0      # mapping entries copied by merge keys so far in this document
+    depth = 0
+
+    def compose_node(self, parent, index):
+        # PyYAML composes (and later code merges, checks and dumps) nested collections by
+        # recursion: 500 levels of "[" (1 KB) ended `recipe show` in a RecursionError.
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise _TooDeep()
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def flatten_mapping(self, node):
+        # Every mapping passes here before it is built (and each merged one when merged).
+        seen = set()
+        for k, _ in node.value:
+            if isinstance(k, yaml.ScalarNode):
+                if k.value in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {k.value!r}",
+                                                            node.start_mark)
+                seen.add(k.value)
+        # PyYAML prepends each merged mapping's entries without removing repeated keys, in
+        # place on the shared node: `b: &b {<<: [*a, *a]}`, `c: &c {<<: [*b, *b]}`, … doubles
+        # the list at every level (a 528-byte file took 3.5 s, 24 levels more a minute and
+        # GBs) although the result has one key. Keeping only the entry that wins for each key
+        # leaves every mapping as long as its distinct keys; the copies made are counted
+        # against the same limit as aliases.
+        own = sum(k.tag != "tag:yaml.org,2002:merge" for k, _ in node.value)
+        super().flatten_mapping(node)   # merged mappings pass through this method first
+        if len(node.value) == own:
+            return
+        self.merged += len(node.value) - own
+        if self.merged > MAX_ALIASED_NODES:
+            raise _AliasLimit()
+        kept, at = [], {}
+        for pair in node.value:     # as a dict: first position, last value
+            key = pair[0]
+            ident = (key.tag, key.value) if isinstance(key, yaml.ScalarNode) else id(key)
+            if ident in at:
+                kept[at[ident]] = pair
+            else:
+                at[ident] = len(kept)
+                kept.append(pair)
+        node.value = kept
 
 
 _Loader.add_implicit_resolver(
@@ -62,6 +112,7 @@ _Loader.add_implicit_resolver(
 # and dumping would expand. Past this many nodes, counted with the repeats, a recipe that uses
 # aliases is refused (one without aliases is as large as its file, and is not limited).
 MAX_ALIASED_NODES = 100_000
+MAX_DEPTH = 100     # nesting levels of a recipe (those of the packages nest 5 or 6)
 
 
 def check_expansion(data, where: str) -> None:
@@ -78,9 +129,17 @@ def check_expansion(data, where: str) -> None:
             seen.add(id(node))
             stack.extend(node.values() if isinstance(node, dict) else node)
         if aliased and count > MAX_ALIASED_NODES:
-            raise RecipeError(f"{where}: YAML aliases expand it past {MAX_ALIASED_NODES:,} nodes (each "
-                              "*alias repeats its &anchor's whole content); write the content out, or "
-                              "share settings with _base_")
+            raise _too_large(where)
+
+
+def _too_deep(where: str) -> "RecipeError":
+    return RecipeError(f"{where}: YAML nested more than {MAX_DEPTH} levels deep")
+
+
+def _too_large(where: str) -> "RecipeError":
+    return RecipeError(f"{where}: YAML aliases expand it past {MAX_ALIASED_NODES:,} nodes (each *alias "
+                       "or <<: merge repeats its &anchor's whole content); write the content out, or "
+                       "share settings with _base_")
 
 
 def parse_value(text: str):
@@ -93,6 +152,10 @@ def read_yaml(path) -> dict:
             data = yaml.load(f, Loader=_Loader)
     except OSError as err:
         raise RecipeError(f"cannot read {path}: {err.strerror}") from None
+    except _AliasLimit:
+        raise _too_large(str(path)) from None
+    except _TooDeep:
+        raise _too_deep(str(path)) from None
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: invalid YAML: {err}") from None
     check_expansion(data, str(path))
@@ -165,6 +228,10 @@ def parse_override(text: str) -> Tuple[List[str], Any]:
         raise RecipeError(f"override {text!r} must look like section.key=value (e.g. trainer.lr=0.01)")
     try:
         parsed = parse_value(value)
+    except _AliasLimit:
+        raise _too_large(f"override {key.strip()}") from None
+    except _TooDeep:
+        raise _too_deep(f"override {key.strip()}") from None
     except yaml.YAMLError as err:
         raise RecipeError(f"override {text!r}: the value is not valid YAML: {err}") from None
     check_expansion(parsed, f"override {key.strip()}")
@@ -200,6 +267,11 @@ def apply_overrides(tree: dict, overrides: Sequence[str]) -> dict:
     return tree
 
 
+# `int | None` is a types.UnionType, not a typing.Union; YAML gives a list for a Sequence.
+_UNIONS = (Union, types.UnionType)
+_LISTS = (list, collections.abc.Sequence)
+
+
 class _Validator:
     """Checks plain data against a type (dataclasses, List, Dict, Optional, Literal, scalars,
     components), collecting every problem and every component met."""
@@ -215,7 +287,7 @@ class _Validator:
         if origin is typing.Annotated:
             comp = next((m for m in args[1:] if isinstance(m, Component)), None)
             return self.component(value, comp, where) if comp else self.check(value, args[0], where)
-        if origin is Union:
+        if origin in _UNIONS:
             if value is None and type(None) in args:
                 return None
             options = [a for a in args if a is not type(None)]
@@ -235,7 +307,7 @@ class _Validator:
             return self.fail(where, f"expected one of {', '.join(map(repr, args))}, got {value!r}")
         if dataclasses.is_dataclass(tp):
             return self.dataclass(value, tp, where)
-        if origin is list:
+        if origin in _LISTS:
             if not isinstance(value, list):
                 return self.fail(where, f"expected a list, got {type(value).__name__} {value!r}")
             return [self.check(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
@@ -315,12 +387,13 @@ def check_components(found, registries: Registries) -> List[str]:
     problems = []
     for where, kind, cfg in found:
         registry = registries[kind]
-        issues = registry.check(cfg, runtime=KINDS[kind].runtime, where=where)
-        problems += issues
-        if issues:
+        problems += registry.check(cfg, runtime=KINDS[kind].runtime, where=where)
+        try:
+            factory = registry.get(cfg["name"]).target
+        except RegistryError:       # an unknown name, reported: no arguments to check against
             continue
-        nested = _Validator()
-        for arg, tp in _annotations(registry.get(cfg["name"]).target).items():
+        nested = _Validator()       # also beside an unknown argument: all problems at once
+        for arg, tp in _annotations(factory).items():
             if arg in cfg:
                 nested.check(cfg[arg], tp, f"{where}.{arg}")
         problems += nested.problems + check_components(nested.components, registries)
@@ -347,14 +420,16 @@ _SCALARS = (int, float, bool, str)
 
 
 def _scalar(tp) -> bool:
-    """int/float/bool/str, a Literal, or Optional/Union/List of those: types whose YAML value
-    the validator checks exactly."""
+    """int/float/bool/str, a Literal, or Optional/Union (``int | None`` too)/List/Sequence/Dict
+    of those: types whose YAML value the validator checks exactly."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp in _SCALARS or origin is typing.Literal:
         return True
-    if origin is Union:
+    if origin in _UNIONS:
         return all(a is type(None) or _scalar(a) for a in args)
-    return origin is list and len(args) == 1 and _scalar(args[0])
+    if origin is dict:
+        return len(args) == 2 and _scalar(args[1])
+    return origin in _LISTS and len(args) == 1 and _scalar(args[0])
 
 
 def _has_component(tp) -> bool:

@@ -22,11 +22,13 @@ def split_loss(entry) -> Tuple[dict, float, Dict[str, str]]:
 
 @dataclass
 class OptimizerConfig:
-    name: Literal["sgd", "adamw"] = "sgd"
-    momentum: float = 0.9
+    name: Literal["sgd", "adamw", "rmsprop"] = "sgd"
+    momentum: float = 0.9               # sgd only (rmsprop runs without momentum)
     nesterov: bool = False
     weight_decay: float = 0.0
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    alpha: float = 0.99                 # rmsprop: decay of the squared-gradient average
+    eps: float = 1.0e-8                 # rmsprop and adamw: added to the denominator
     # Parameter-name glob -> LR multiplier, first match wins; 0 freezes (``{"image.backbone.*": 0}``).
     lr_mult: Dict[str, float] = field(default_factory=dict)
     # Parameter-name globs kept out of weight decay; norm layers and biases when decay_norm_bias is off.

@@ -11,6 +11,8 @@ Factories (the built-in plugin registers them as datasets):
 * ``caption_folder(root, captions_file="captions.jsonl", split=None, view="pair", ...)`` —
   a folder of images + ``captions.jsonl``.
 * ``collate(batch, pad_to=None)`` — batches items (pads tokens, returns lengths).
+* ``tokenize(text)`` — the one word rule of every reader (and of new sentences at embedding
+  time); ``normalize_token(token)`` spells a dataset's pre-tokenised tokens the same way.
 * ``read_text(path)`` / ``text_lines(path)`` — a UTF-8 text file (or its numbered lines), or a
   ``DataError`` naming it (missing, or not UTF-8: the line and byte offset), for plugin
   readers; every reader here reads text that way.
@@ -49,11 +51,12 @@ from .errors import DataError, SkipLog, read_text, text_lines
 from .image_captions import ImageCaptionDataset, caption_folder, karpathy
 from .image_io import ImageReadError, SkipsUnreadable, check_image, load_image
 from .scene_dataset import ScenesDataset, ensure_split, scene_vocab, scenes
-from .vocab import PAD_ID, UNK_ID, Vocab, tokenize
+from .vocab import PAD_ID, UNK_ID, Vocab, normalize_token, tokenize
+from .word_vectors import embedding_matrix, read_word_vectors
 
 __all__ = [
     "collate", "DataError", "SkipLog", "read_text", "text_lines", "ImageCaptionDataset", "caption_folder",
     "karpathy", "ImageReadError", "SkipsUnreadable", "check_image", "load_image",
     "ScenesDataset", "ensure_split", "scene_vocab", "scenes", "PAD_ID", "UNK_ID", "Vocab",
-    "tokenize",
+    "tokenize", "normalize_token", "read_word_vectors", "embedding_matrix",
 ]

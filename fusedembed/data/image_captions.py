@@ -20,7 +20,7 @@ import torch
 from .captions import CaptionDataset
 from .errors import DataError, SkipLog, read_text, text_lines
 from .image_io import SkipsUnreadable, check_image, load_image
-from .vocab import Vocab, tokenize
+from .vocab import Vocab, normalize_token, tokenize
 
 TRAIN_SPLITS = ("train", "restval")     # Karpathy: COCO's "restval" joins training
 
@@ -119,7 +119,7 @@ def karpathy(json_path, image_root, split="train", view: str = "pair",
                         "needs 'tokens' (list of str) or 'raw' (str)")
                 ok = False
                 break
-            toks.append([t.lower() for t in tokens])
+            toks.append([normalize_token(t) for t in tokens])
             caps.append(raw if isinstance(raw, str) else " ".join(tokens))
         if not ok:
             continue

@@ -60,6 +60,17 @@ def tokenize(text: str) -> list[str]:
     return _unicode_word().findall(_CJK.sub(r" \1 ", text))
 
 
+def normalize_token(token: str) -> str:
+    """A given token (a dataset's pre-tokenised "tokens") spelled as :func:`tokenize` spells
+    its words — lower-cased, NFKC, ’ as apostrophe — so a new sentence tokenised at embedding
+    time meets the vocabulary built from them. Tokens are not split further: a CJK dataset
+    given as segmented words keeps its words (new sentences then need the same segmentation)."""
+    token = token.lower()
+    if token.isascii():
+        return token
+    return unicodedata.normalize("NFKC", token).lower().replace("\u2019", "'")
+
+
 class Vocab:
     """Word ↔ id map with ``<pad>``=0 and ``<unk>``=1."""
 

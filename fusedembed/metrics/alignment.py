@@ -58,7 +58,10 @@ def alignment_metrics(assignment, truth, lengths=None, groups=None) -> dict:
     sentence into snippets — maximal runs of consecutive words on one region, the phrases the
     model would describe that region with; a snippet holding at least one grounded word is
     counted, and it is precise when ALL its grounded words belong to its region.
-    ``num_words`` and ``num_snippets`` give the denominators."""
+    ``snippet_recall``: the truth's phrases — maximal runs of consecutive words describing one
+    region (or group) — that the assignment puts wholly on their region, so that one snippet
+    holds the whole phrase. ``num_words``, ``num_snippets`` and ``num_phrases`` give the
+    denominators."""
     a, t, inside = _inputs(assignment, truth, lengths, groups)
     grounded = inside & (t >= 0)
     correct = grounded & (a == t)
@@ -75,10 +78,20 @@ def alignment_metrics(assignment, truth, lengths=None, groups=None) -> dict:
     wrong.index_add_(0, run, g_flat * (~correct.reshape(-1)).long())
     counted = has_grounded > 0
     n_words, n_snip = int(grounded.sum()), int(counted.sum())
+    # Phrases: runs of grounded words with one truth region; recalled when none is wrong.
+    pstart = grounded.clone()
+    pstart[:, 1:] &= ~(grounded[:, :-1] & (t[:, 1:] == t[:, :-1]))
+    phrase = torch.cumsum(pstart.reshape(-1).long(), 0) - 1
+    n_phr = int(pstart.sum())
+    missed = torch.zeros(max(n_phr, 1), dtype=torch.long, device=a.device)
+    g = grounded.reshape(-1)
+    missed.index_add_(0, phrase[g], (~correct.reshape(-1)[g]).long())
     return {
         "word_accuracy": 100.0 * int(correct.sum()) / n_words if n_words else float("nan"),
         "snippet_precision": (100.0 * int((counted & (wrong == 0)).sum()) / n_snip
                               if n_snip else float("nan")),
+        "snippet_recall": 100.0 * int((missed[:n_phr] == 0).sum()) / n_phr if n_phr else float("nan"),
         "num_words": float(n_words),
         "num_snippets": float(n_snip),
+        "num_phrases": float(n_phr),
     }

@@ -49,13 +49,17 @@ def _ranks(q, g, ql, gl, ties, block, names=("query", "gallery")) -> torch.Tenso
         raise ValueError(f"query {k} has no gallery item with its label {ql[k].item()}")
     out = torch.empty(len(q), dtype=torch.long, device=q.device)
     for a, s in score_blocks(q, g, block, names):
-        match = ql[a:a + len(s), None] == gl[None, :]
-        best = s.masked_fill(~match, float("-inf")).amax(1, keepdim=True)
-        # Pessimistic: a non-match scoring equal to the best match is ahead of it; optimistic:
-        # only those strictly above.
-        ahead = (s >= best) if ties == "pessimistic" else (s > best)
-        out[a:a + len(s)] = 1 + (ahead & ~match).count_nonzero(1)
+        out[a:a + len(s)] = _rank_rows(s, ql[a:a + len(s), None] == gl[None, :], ties)
     return out.cpu()
+
+
+def _rank_rows(s: torch.Tensor, match: torch.Tensor, ties: str) -> torch.Tensor:
+    """Per row of scores ``s``, the 1-based rank of its best-scoring match."""
+    best = s.masked_fill(~match, float("-inf")).amax(1, keepdim=True)
+    # Pessimistic: a non-match scoring equal to the best match is ahead of it; optimistic:
+    # only those strictly above.
+    ahead = (s >= best) if ties == "pessimistic" else (s > best)
+    return 1 + (ahead & ~match).count_nonzero(1)
 
 
 def _pair(queries, gallery, qname: str, gname: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,6 +147,76 @@ def retrieval_metrics(img, txt, txt_to_img, ks=(1, 5, 10), ties: str = "pessimis
     i2t, t2i = retrieval_ranks(img, txt, txt_to_img, ties, block, image_labels)
     out = recall_summary(i2t, ks, median, "i2t_") | recall_summary(t2i, ks, median, "t2i_")
     out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks)
+    return out
+
+
+def score_retrieval_ranks(scores, txt_to_img, ties: str = "pessimistic",
+                          block: int = DEFAULT_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """(i2t ranks (N,), t2i ranks (M,)) from a given (N images, M captions) score matrix, for
+    models whose image-caption score is not a dot product of two embeddings (region-word
+    alignment); the ranks follow :func:`retrieval_ranks`, ``block`` rows at a time."""
+    check_ties(ties)
+    S = embeddings(scores, "scores")
+    N, M = S.shape
+    g = _mapping(txt_to_img, M, N, S.device)
+    has = torch.bincount(g, minlength=N)
+    if (has == 0).any():
+        raise ValueError(f"image {int((has == 0).nonzero()[0])} has no caption")
+    rows = max(1, block // max(1, max(N, M)))
+    images = torch.arange(N, device=S.device)
+    i2t = torch.cat([_rank_rows(S[a:a + rows], images[a:a + rows, None] == g[None, :], ties)
+                     for a in range(0, N, rows)]) if N else torch.zeros(0, dtype=torch.long)
+    St = S.t()
+    t2i = torch.cat([_rank_rows(St[a:a + rows], g[a:a + rows, None] == images[None, :], ties)
+                     for a in range(0, M, rows)]) if M else torch.zeros(0, dtype=torch.long)
+    return i2t.cpu(), t2i.cpu()
+
+
+def score_retrieval_metrics(scores, txt_to_img, ks=(1, 5, 10), ties: str = "pessimistic",
+                            median: str = "floor") -> dict:
+    """:func:`retrieval_metrics` from a given (N images, M captions) score matrix."""
+    i2t, t2i = score_retrieval_ranks(scores, txt_to_img, ties)
+    out = recall_summary(i2t, ks, median, "i2t_") | recall_summary(t2i, ks, median, "t2i_")
+    out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks)
+    return out
+
+
+def score_coco_retrieval(scores, txt_to_img, folds: int = 5, ks=(1, 5, 10), ties: str = "pessimistic",
+                         median: str = "floor") -> dict:
+    """:func:`coco_retrieval` (``1k_*`` fold means, ``5k_*`` the whole set) from a given
+    (N images, M captions) score matrix."""
+    S = embeddings(scores, "scores")
+    g = _mapping(txt_to_img, S.shape[1], S.shape[0], "cpu")
+    if folds < 1 or len(S) % folds:
+        raise ValueError(f"{len(S)} images do not split into {folds} equal folds")
+    size = len(S) // folds
+    per_fold = []
+    for f in range(folds):
+        sel = ((g >= f * size) & (g < (f + 1) * size)).nonzero().reshape(-1)
+        per_fold.append(score_retrieval_metrics(S[f * size:(f + 1) * size][:, sel.to(S.device)],
+                                                g[sel] - f * size, ks, ties, median))
+    out = {f"1k_{k}": sum(m[k] for m in per_fold) / folds for k in per_fold[0]}
+    out |= {f"5k_{k}": v for k, v in score_retrieval_metrics(S, g, ks, ties, median).items()}
+    return out
+
+
+def chance_retrieval_metrics(num_images: int, captions_per_image: int, ks=(1, 5, 10)) -> dict:
+    """Expected R@k (percent) of a random ranking: i2t (the best of an image's c captions
+    among M = N*c within the top k) = 1 - C(M-c, k)/C(M, k); t2i = k/N."""
+    ks = check_ks(ks)
+    N, c = int(num_images), int(captions_per_image)
+    if N < 1 or c < 1:
+        raise ValueError(f"chance_retrieval_metrics: num_images and captions_per_image must be >= 1, "
+                         f"got {N} and {c}")
+    M = N * c
+    out = {}
+    for k in ks:
+        miss = 1.0
+        for j in range(min(k, M)):
+            miss *= max(0.0, (M - c - j) / (M - j))
+        out[f"i2t_r{k}"] = pct(1.0 - miss)
+    for k in ks:
+        out[f"t2i_r{k}"] = pct(min(1.0, k / N))
     return out
 
 

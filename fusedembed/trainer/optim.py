@@ -1,5 +1,10 @@
 """Optimizers and LR schedules from the recipe's ``trainer`` section.
 
+Optimizers (``optimizer.name``): ``sgd`` (momentum, nesterov), ``adamw`` (betas, eps) and
+``rmsprop`` (alpha: the decay of the running mean of squared gradients, eps; no momentum).
+That mean starts at 0, so with alpha near 1 the first updates are ~1/sqrt(1 - alpha) times
+the LR on every weight; a warm-up (``scheduler.warmup_epochs``) tempers them.
+
 Parameter groups: each model parameter takes the LR multiplier of the first ``lr_mult`` glob
 matching its name (1 when none does); multiplier 0 freezes it (``requires_grad=False``, not
 given to the optimizer). Biases and norm weights (tensors of one dimension) skip weight decay
@@ -63,8 +68,12 @@ def make_optimizer(groups: List[dict], opt_cfg) -> Optional[torch.optim.Optimize
         return torch.optim.SGD(clean, lr=clean[0]["lr"], momentum=opt_cfg.momentum,
                                nesterov=opt_cfg.nesterov and opt_cfg.momentum > 0)
     if opt_cfg.name == "adamw":
-        return torch.optim.AdamW(clean, lr=clean[0]["lr"], betas=tuple(opt_cfg.betas))
-    raise ValueError(f"trainer.optimizer.name must be 'sgd' or 'adamw', got {opt_cfg.name!r}")
+        return torch.optim.AdamW(clean, lr=clean[0]["lr"], betas=tuple(opt_cfg.betas), eps=opt_cfg.eps)
+    if opt_cfg.name == "rmsprop":
+        if not 0 <= opt_cfg.alpha < 1:
+            raise ValueError(f"trainer.optimizer.alpha must be in [0, 1), got {opt_cfg.alpha}")
+        return torch.optim.RMSprop(clean, lr=clean[0]["lr"], alpha=opt_cfg.alpha, eps=opt_cfg.eps)
+    raise ValueError(f"trainer.optimizer.name must be 'sgd', 'adamw' or 'rmsprop', got {opt_cfg.name!r}")
 
 
 def build_optimizers(model: nn.Module, losses: nn.ModuleList, cfg) -> Dict[str, torch.optim.Optimizer]:

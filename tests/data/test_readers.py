@@ -188,6 +188,20 @@ def test_captions_without_tokens_are_reported_once(tmp_path):
         caption_folder(tmp_path)
 
 
+def test_given_tokens_are_spelled_as_tokenize_spells_words(flickr):
+    # Karpathy "tokens" were only lower-cased: full-width "Ｄｏｇ", "dog’s" and a decomposed
+    # "läuft" entered the vocabulary as words no new sentence tokenises to (all <unk> at
+    # embedding time).
+    doc = flickr_doc()
+    given = ["Ｄｏｇ", "dog\u2019s", "la\u0308uft", "Straße"]
+    doc["images"][0]["sentences"] = [{"tokens": given, "raw": "Ｄｏｇ dog’s läuft Straße"}]
+    (flickr / "dataset_flickr30k.json").write_text(json.dumps(doc))
+    ds = karpathy(flickr / "dataset_flickr30k.json", flickr / "images")
+    assert ds.vocab.decode(ds.tokens_of(0)) == ["dog", "dog's", "läuft", "straße"]
+    new = ds.tokenize("Dog’s dog läuft STRASSE Straße")
+    assert ds.vocab.decode(new) == ["dog's", "dog", "läuft", "<unk>", "straße"]
+
+
 def test_files_that_are_not_utf8_are_named(flickr):
     png(flickr / "a.png")
 

@@ -12,12 +12,15 @@ def test_hand_case():
     #   [1] (right), [0] (wrong: truth 1) -> 2 of 3 precise.
     # Sentence 1 (3 of 4 words): truth 2 -1 2 | pad, assigned 1 1 1 | -1: 2 grounded, 0 right;
     #   one snippet [1 1 1], wrong.
+    # Phrases (runs of one truth region): [0 0] recalled, [1 1] not (its second word is on 0),
+    #   sentence 1's [2] and [2] (split by the ungrounded word) not -> 1 of 4.
     assignment = torch.tensor([[0, 0, 0, 1, 0], [1, 1, 1, -1, -1]])
     truth = torch.tensor([[0, 0, -1, 1, 1], [2, -1, 2, 5, -1]])
     out = alignment_metrics(assignment, truth, lengths=[5, 3])
     assert out == {"word_accuracy": pytest.approx(100 * 3 / 6),
                    "snippet_precision": pytest.approx(100 * 2 / 4),
-                   "num_words": 6.0, "num_snippets": 4.0}
+                   "snippet_recall": pytest.approx(100 * 1 / 4),
+                   "num_words": 6.0, "num_snippets": 4.0, "num_phrases": 4.0}
 
 
 def test_groups_make_identical_objects_equivalent():
@@ -47,3 +50,16 @@ def test_empty_and_errors():
         alignment_metrics(torch.tensor([[0.0, 0.5]]), torch.tensor([[0, 1]]))
     with pytest.raises(ValueError, match="lengths must hold whole numbers"):
         alignment_metrics(torch.zeros(1, 3), torch.zeros(1, 3), lengths=[nan])
+
+
+def test_snippet_recall_needs_the_whole_phrase_on_its_region():
+    truth = torch.tensor([[0, 0, 0, -1, 1, 1]])
+    whole = alignment_metrics(torch.tensor([[0, 0, 0, 0, 1, 1]]), truth)
+    assert whole["snippet_recall"] == 100.0 and whole["num_phrases"] == 2.0
+    # One word of the first phrase elsewhere: that phrase is not recalled, the other still is.
+    part = alignment_metrics(torch.tensor([[0, 2, 0, 0, 1, 1]]), truth)
+    assert part["snippet_recall"] == 50.0
+    # Identical objects (one group) make a phrase over both one phrase.
+    grouped = alignment_metrics(torch.tensor([[1, 1, 1]]), torch.tensor([[1, 2, 2]]),
+                                groups=torch.tensor([[0, 1, 1]]))
+    assert grouped["num_phrases"] == 1.0 and grouped["snippet_recall"] == 100.0

@@ -1,8 +1,10 @@
 import textwrap
-from typing import Any, List, Literal, Optional, Union
+import time
+from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
 import pytest
 import torch
+import yaml
 
 from fusedembed import RecipeError, load_recipe, save_recipe
 from fusedembed.config import apply_overrides, check_components, load_tree, merge, stage_recipes
@@ -262,7 +264,7 @@ def test_alias_expansion_is_bounded(write, registries):
     # 100 s and 3.9 GB expanding it); refused before anything walks the expansion.
     path = write("laughs.yaml", with_base(f"description: {laughs(6)}\n"))
     with pytest.raises(RecipeError, match=rf"^{path}: YAML aliases expand it past 100,000 nodes \(each "
-                                          r"\*alias repeats its &anchor's whole content\)"):
+                                          r"\*alias or <<: merge repeats its &anchor's whole content\)"):
         load_recipe(path)
     with pytest.raises(RecipeError, match=r"^override description: YAML aliases expand it past 100,000"):
         load_recipe(write("base.yaml", BASE), [f"description={laughs(6)}"])
@@ -275,6 +277,48 @@ def test_alias_expansion_is_bounded(write, registries):
     assert r.stages[1]["trainer"]["optimizer"]["momentum"] == 0.8 and r.trainer.optimizer.momentum == 0.8
 
 
+def merge_laughs(levels: int) -> str:
+    """Merge keys doubling at each level: ``a{i}: &a{i} {<<: [*a{i-1}, *a{i-1}]}`` (the result
+    has one key, but PyYAML's flattening copied 2**levels entries)."""
+    lines = ["a0: &a0 {k: 1}"] + [f"a{i}: &a{i} {{<<: [*a{i - 1}, *a{i - 1}]}}" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_merge_keys_are_bounded(write, registries):
+    # 40 levels: 2**40 entries copied before (24 levels already took a minute and GBs; the
+    # alias limit saw nothing, as the loaded value is small). Now each level copies 2.
+    start = time.perf_counter()
+    tree = load_tree(write("merges.yaml", with_base("extra:\n" + textwrap.indent(merge_laughs(40), "  "))))
+    assert time.perf_counter() - start < 5
+    assert tree["extra"]["a39"] == {"k": 1}
+    # PyYAML's merge semantics kept (own keys win over merged ones, earlier merges over later
+    # ones), key order included.
+    text = "a: &a {x: 1, y: 1}\nb: &b {y: 2, z: 2}\nc: {<<: [*a, *b], z: 3, w: 3}\n"
+    c = load_tree(write("m.yaml", with_base(text)))["c"]
+    assert list(c.items()) == list(yaml.safe_load(text)["c"].items()) == [
+        ("y", 1), ("z", 3), ("x", 1), ("w", 3)]
+    with pytest.raises(RecipeError, match="duplicate key 'x'"):
+        load_tree(write("d.yaml", with_base("a: &a {x: 1}\nc: {<<: {x: 2, x: 3}}\n")))
+    # Merges that really copy (distinct keys, each level one more): counted like aliases.
+    chain = ["m0: &m0 {k0: 0}"] + [f"m{i}: &m{i} {{<<: *m{i - 1}, k{i}: {i}}}" for i in range(1, 500)]
+    path = write("chain.yaml", with_base("\n".join(chain) + "\n"))
+    with pytest.raises(RecipeError, match=rf"^{path}: YAML aliases expand it past 100,000 nodes"):
+        load_tree(path)
+    with pytest.raises(RecipeError, match=r"^override extra: YAML aliases expand it past 100,000"):
+        load_tree(write("base.yaml", BASE), ["extra={" + ", ".join(chain) + "}"])
+
+
+def test_nesting_depth_is_bounded(write, registries):
+    # 500 levels of "[" (1 KB) ended in a RecursionError traceback; 60 levels stay fine.
+    tree = load_tree(write("ok.yaml", with_base("extra: " + "[" * 60 + "1" + "]" * 60 + "\n")))
+    assert str(tree["extra"]) == "[" * 60 + "1" + "]" * 60
+    path = write("deep.yaml", with_base("extra: " + "[" * 500 + "]" * 500 + "\n"))
+    with pytest.raises(RecipeError, match=rf"^{path}: YAML nested more than 100 levels deep$"):
+        load_tree(path)
+    with pytest.raises(RecipeError, match=r"^override extra: YAML nested more than 100 levels deep$"):
+        load_tree(write("base.yaml", BASE), ["extra=" + "{a: " * 200 + "1" + "}" * 200])
+
+
 def test_scalar_arguments_of_factories_are_type_checked(write, registries):
     with pytest.raises(RecipeError) as err:
         load_recipe(write("base.yaml", BASE), ["model.backbone.width=eight", "model.backbone.gem_p=x"])                    # `width=eight` passed `config show`
@@ -283,16 +327,28 @@ def test_scalar_arguments_of_factories_are_type_checked(write, registries):
 
     def factory(width: int, scale: float = 1.0, flip: bool = False, mode: Literal["a", "b"] = "a",
                 sizes: List[int] = (), limit: int = None, tag: Optional[str] = None, extra: Any = None,
-                either: Union[int, str] = 0):
+                either: Union[int, str] = 0, count: int | None = None, widths: Sequence[int] = (),
+                lists: Optional[Dict[str, str]] = None):
         return torch.nn.Identity()
 
     toy = Registries()
     toy["model"].add("toy", factory, plugin="t")
     ok = {"name": "toy", "width": 3, "scale": 2, "flip": True, "mode": "b", "sizes": [1, 2], "limit": None,
-          "tag": None, "extra": object(), "either": "x"}
+          "tag": None, "extra": object(), "either": "x", "count": 2, "widths": [1, 2], "lists": {"a": "b"}}
     assert check_components([("model", "model", ok)], toy) == []
-    bad = {"name": "toy", "width": 2.5, "flip": 1, "mode": "c", "sizes": [1, "x"], "either": [1]}
+    # `int | None`, Sequence[int] and Dict[str, str] passed unchecked (dualpath/textcnn widths=[1, x]).
+    bad = {"name": "toy", "width": 2.5, "flip": 1, "mode": "c", "sizes": [1, "x"], "either": [1],
+           "count": "x", "widths": [1, "x"], "lists": {"a": 1}}
     assert check_components([("model", "model", bad)], toy) == [
         "model.width: expected int, got float 2.5", "model.flip: expected bool, got int 1",
         "model.mode: expected one of 'a', 'b', got 'c'", "model.sizes[1]: expected int, got str 'x'",
-        "model.either: expected int or str, got list [1]"]
+        "model.either: expected int or str, got list [1]", "model.count: expected int, got str 'x'",
+        "model.widths[1]: expected int, got str 'x'", "model.lists.a: expected str, got int 1"]
+    assert check_components([("model", "model", {"name": "toy", "width": 1, "widths": "12"})], toy) == [
+        "model.widths: expected a list, got str '12'"]
+    # A wrong type is reported beside an unknown argument (it was hidden until that was fixed).
+    assert check_components([("model", "model", {"name": "toy", "width": "x", "wdith": 3})], toy) == [
+        "model: model 'toy' has no argument 'wdith' (did you mean 'width'?). It accepts: width, scale, flip, "
+        "mode, sizes, limit, tag, extra, either, count, widths, lists", "model.width: expected int, got str 'x'"]
+    assert check_components([("model", "model", {"name": "toyy", "width": "x"})], toy) == [
+        "model: unknown model 'toyy' (did you mean 'toy'?). Registered models: toy."]

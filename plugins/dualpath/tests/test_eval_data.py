@@ -97,7 +97,7 @@ def test_karpathy_recipe_data_and_the_authors_split(registries, tmp_path):
     assert item["image"].shape == (3, 16, 16) and train.num_images == 3 and len(train) == 3   # image view
     assert Vocab.load(tmp_path / "vocab.json") == train.vocab          # written for the TextCNN
     net = registries.build("backbone", {"name": "textcnn", "vocab_path": str(tmp_path / "vocab.json"), "widths": [4],
-                                  "blocks": [1], "strides": [1], "fc_dim": 4})
+                                  "blocks": [1], "strides": [1], "first_mids": None, "fc_dim": 4})
     assert net.vocab_size == len(train.vocab)
     (tmp_path / "train.txt").write_text("4.jpg\n0.jpg\n")
     (tmp_path / "test.txt").write_text("3.jpg\n")
@@ -120,6 +120,13 @@ def test_cuhk_pedes_instance_is_the_identity(registries, tmp_path):
                                   "image_root": str(tmp_path / "imgs"), "image_size": 16}, split="train")
     assert [data[i]["instance"] for i in range(4)] == [0, 0, 1, 1]
     assert [data[i]["image_index"] for i in range(4)] == [0, 1, 2, 3] and data.num_identities == 2
+    # processed_tokens spelled as new sentences are tokenised (full-width "Ｍａｎ" was a word of its own).
+    records[0]["processed_tokens"] = [["A", "Ｍａｎ", "in", "a", "red", "coat\u2019s"]]
+    (tmp_path / "reid_raw.json").write_text(json.dumps(records))
+    data = registries.build("dataset", {"name": "dualpath/cuhk_pedes", "json_path": str(tmp_path / "reid_raw.json"),
+                                  "image_root": str(tmp_path / "imgs"), "image_size": 16}, split="train")
+    assert data.vocab.decode(data.tokens_of(0)) == ["a", "man", "in", "a", "red", "coat's"]
+    assert "ｍａｎ" not in data.vocab and data.vocab.decode(data.tokenize("A MAN")) == ["a", "man"]
     with pytest.raises(ValueError, match="no records of split 'test'"):
         registries.build("dataset", {"name": "dualpath/cuhk_pedes", "json_path": str(tmp_path / "reid_raw.json"),
                                "image_root": str(tmp_path / "imgs")}, split="test")

@@ -145,6 +145,39 @@ def test_candidate_negatives_come_from_a_bank_without_grad(registries):
     assert loss.bank_instance.tolist() == [0, 1, 5, -1]
 
 
+def test_random_negatives_are_one_in_batch_item_of_another_instance(registries):
+    # Items 0 and 1 are one person: item 0's only possible negative is item 2, so its hinges are exact.
+    img = F.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), dim=1)
+    txt = F.normalize(torch.tensor([[1.0, 0.2], [0.8, 0.2], [0.3, 1.0]]), dim=1)
+    ids = torch.tensor([4, 4, 9])
+    s = img @ txt.T
+    loss = registries.build("loss", {"name": "bidir_ranking", "margin": 1.0, "negatives": "random", "dim": 2,
+                                     "reduction": "mean"})
+    values = {round(loss(img, txt, ids).item(), 6) for _ in range(40)}
+    anchor0 = (1 - s[0, 0] + s[0, 2]) + (1 - s[0, 0] + s[2, 0])
+    anchor2 = [(1 - s[2, 2] + s[2, a]) + (1 - s[2, 2] + s[b, 2]) for a in (0, 1) for b in (0, 1)]
+    anchor1 = (1 - s[1, 1] + s[1, 2]) + (1 - s[1, 1] + s[2, 1])
+    expected = {round(float(anchor0 + anchor1 + x) / 3, 6) for x in anchor2}
+    assert values <= expected and len(values) > 1            # random, never the same person
+    with pytest.raises(ValueError, match="'random' needs two instances in the batch, got one"):
+        loss(img, txt, torch.tensor([1, 1, 1]))
+
+
+def test_inbatch_instance_is_layumi_pytorch_formula(registries):
+    loss = registries.build("loss", {"name": "dualpath/inbatch_instance", "gamma": 10.0, "text_weight": 0.5})
+    img, txt = torch.randn(5, 3), torch.randn(5, 3)
+
+    def hand(f):
+        f = F.normalize(f, dim=1)
+        logits = 10.0 * f @ f.T
+        return -(logits.diag() - logits.logsumexp(1)).mean()
+
+    assert loss(img, txt).item() == pytest.approx(float(hand(img) + 0.5 * hand(txt)), rel=1e-5)
+    assert loss(image_features=img).item() == pytest.approx(float(hand(img)), rel=1e-5)
+    with pytest.raises(ValueError, match="gamma must be > 0, got 0"):
+        registries.build("loss", {"name": "dualpath/inbatch_instance", "gamma": 0})
+
+
 def test_ranking_loss_errors_name_the_argument(registries):
     with pytest.raises(ValueError, match="negatives must be one of .* got 'all'"):
         registries.build("loss", {"name": "bidir_ranking", "negatives": "all"})

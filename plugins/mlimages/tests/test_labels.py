@@ -121,3 +121,11 @@ def test_augment_command_writes_the_list(tmp_path, capsys):
     assert parse_class_spec("0-2, 5", 8) == {0, 1, 2, 5}
     with pytest.raises(ValueError, match="'9' is outside"):
         parse_class_spec("9", 8)
+    (tmp_path / "classes.txt").write_text("0-2\n5\n")
+    assert parse_class_spec(f"@{tmp_path / 'classes.txt'}", 8) == {0, 1, 2, 5}
+    # A file that is not UTF-8 is named (was a bare UnicodeDecodeError); so is a missing one.
+    (tmp_path / "latin1.txt").write_bytes(b"0-2 # gr\xfcn\n")
+    with pytest.raises(DataError, match=r"latin1\.txt:line 1: not UTF-8 text: byte 8 \(0xfc\)"):
+        parse_class_spec(f"@{tmp_path / 'latin1.txt'}", 8)
+    with pytest.raises(DataError, match=r"none\.txt: file not found"):
+        parse_class_spec(f"@{tmp_path / 'none.txt'}", 8)

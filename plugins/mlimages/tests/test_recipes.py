@@ -114,6 +114,13 @@ def test_accuracy_evaluator():
     assert Accuracy(ks=[1, 2])(Fixed(), [batch], device="cpu") == {"top1": pytest.approx(200 / 3), "top2": 100.0}
     with pytest.raises(ValueError, match="ks must be ints >= 1"):
         Accuracy(ks=[0])
+    # Equal logits (a collapsed model) scored the labels topk happened to list first (here 1 in 3);
+    # NaN logits, which topk ranks above every number, scored too.
+    equal = {"scores": torch.zeros(3, 3), "label": torch.tensor([0, 1, 2])}
+    assert Accuracy(ks=[1])(Fixed(), [equal], device="cpu") == {"top1": 0.0}
+    diverged = {"scores": torch.full((3, 3), float("nan")), "label": torch.tensor([0, 1, 2])}
+    with pytest.raises(ValueError, match=r"scores contain NaN \(row 0 of 3\)"):
+        Accuracy(ks=[1])(Fixed(), [diverged], device="cpu")
 
 
 def test_a_few_training_steps_of_the_demo_recipes(registries, tiny_scenes, tmp_path):

@@ -112,3 +112,21 @@ def test_cross_validated_p_takes_the_best_candidate():
 
 def test_select_per_class():
     assert select_per_class([0, 1, 0, 0, 1, 2], 2) == [0, 1, 2, 4, 5]
+
+
+def test_accuracy_evaluator_over_batches_ties_and_nan():
+    from fusedembed_multigrain.evaluator import Accuracy
+
+    class Fixed(torch.nn.Module):
+        def forward(self, batch):
+            return {"logits": batch["scores"]}
+
+    batches = [{"scores": torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.3]]), "label": torch.tensor([1, 2])},
+               {"scores": torch.tensor([[0.2, 0.3, 0.5]]), "label": torch.tensor([2])}]
+    assert Accuracy(ks=(1, 2))(Fixed(), batches, device="cpu") == {"top1": pytest.approx(200 / 3), "top2": 100.0}
+    # Equal logits scored whatever label topk listed first (1 in 3 here); NaN logits scored too.
+    equal = [{"scores": torch.zeros(3, 3), "label": torch.tensor([0, 1, 2])}]
+    assert Accuracy(ks=(1,))(Fixed(), equal, device="cpu") == {"top1": 0.0}
+    diverged = [{"scores": torch.full((2, 3), float("nan")), "label": torch.tensor([0, 1])}]
+    with pytest.raises(ValueError, match=r"scores contain NaN \(row 0 of 2\)"):
+        Accuracy(ks=(1,))(Fixed(), diverged, device="cpu")

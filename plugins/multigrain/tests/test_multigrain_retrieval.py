@@ -9,6 +9,8 @@ import torch
 from fusedembed_multigrain.retrieval import Copydays, Holidays, Revisited, UKBench, evaluate, knn
 from PIL import Image
 
+from fusedembed.data import DataError, ImageReadError
+
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200)]
 
 
@@ -112,6 +114,20 @@ def test_missing_folders_are_named(tmp_path):
     from fusedembed_multigrain.retrieval import read_rotations
     with pytest.raises(ValueError, match="multiple of 90"):
         read_rotations(tmp_path / "r.json")
+    (tmp_path / "r.yaml").write_bytes(b"# \xe9t\xe9\n100001.jpg: 90\n")          # Latin-1, not UTF-8
+    with pytest.raises(DataError, match=r"r\.yaml:line 1: not UTF-8 text: byte 2 \(0xe9\)"):
+        read_rotations(tmp_path / "r.yaml")
+
+
+def test_unreadable_images_are_named(tmp_path):
+    # A JPEG cut short: PIL's "image file is truncated (N bytes not processed)" named no file.
+    _save(tmp_path / "100000.jpg", COLOURS[0])
+    noise = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "100001.jpg", quality=90)
+    good = (tmp_path / "100001.jpg").read_bytes()
+    (tmp_path / "100001.jpg").write_bytes(good[:len(good) * 2 // 3])        # header intact
+    with pytest.raises(ImageReadError, match=r"cannot read image .*100001\.jpg: image file is truncated"):
+        Holidays(tmp_path).images()
 
 
 def test_faiss_flat_equals_exact():

@@ -7,39 +7,138 @@ the collate and the retrieval evaluator work on them unchanged; the demo uses th
 
 import json
 import os
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Dict, Optional
 
 import torch
 
-from fusedembed.data import DataError, ImageCaptionDataset, Vocab, karpathy, read_text, tokenize
+from fusedembed.data import (
+    DataError,
+    ImageCaptionDataset,
+    Vocab,
+    karpathy,
+    normalize_token,
+    read_text,
+    tokenize,
+)
+
+from .word2vec import read_word2vec
+
+TEXT_MODES = ("authors", "ours")
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
 
 
 class ImageTransform:
-    """Float CHW image in [0, 1] → ImageNet-normalised ``size`` × ``size``. Training: resized
-    to ``size * 8 / 7`` (256 for 224), a random ``size`` crop and a random mirror."""
+    """Float CHW image in [0, 1] → ImageNet-normalised ``size`` × ``size``.
 
-    def __init__(self, size: int = 224, train: bool = False, flip: bool = True):
+    Training, as the authors' ``vl_imreadjpeg(..., 'CropSize', [0.8 1], 'CropAnisotropy',
+    [3/4 4/3], 'Interpolation', 'bicubic', 'Flip')``: a crop of aspect ratio a, log-uniform in
+    ``aspect``, as large as fits in the image times a side fraction s with s² uniform in
+    ``crop`` squared; at a random place; resized bicubic to ``size``; mirrored half the time.
+    Test: the whole image resized to ``size`` × ``size``.
+    """
+
+    def __init__(self, size: int = 224, train: bool = False, flip: bool = True, crop=(0.8, 1.0),
+                 aspect=(3 / 4, 4 / 3)):
         if size < 8:
             raise ValueError(f"image_size must be >= 8, got {size}")
-        self.size, self.train, self.flip = size, train, flip
+        crop, aspect = tuple(float(v) for v in crop), tuple(float(v) for v in aspect)
+        if len(crop) != 2 or not 0 < crop[0] <= crop[1] <= 1:
+            raise ValueError(f"crop must be [min, max] side fractions with 0 < min <= max <= 1, got {list(crop)}")
+        if len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
+            raise ValueError(f"aspect must be [min, max] with 0 < min <= max, got {list(aspect)}")
+        self.size, self.train, self.flip, self.crop, self.aspect = size, train, flip, crop, aspect
+
+    def crop_box(self, height: int, width: int) -> tuple:
+        """``(top, left, crop height, crop width)`` of one random training crop."""
+        lo, hi = torch.tensor(self.aspect).log().tolist()
+        a = float(torch.empty(()).uniform_(lo, hi).exp())
+        cw, ch = a ** 0.5, a ** -0.5                     # the output is square
+        fit = min(width / cw, height / ch)
+        side = float(torch.empty(()).uniform_(self.crop[0] ** 2, self.crop[1] ** 2).sqrt())
+        w = max(1, min(round(cw * fit * side), width))
+        h = max(1, min(round(ch * fit * side), height))
+        top, left = (int(torch.randint(n + 1, ())) for n in (height - h, width - w))
+        return top, left, h, w
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
 
         if not self.train:
             image = TF.resize(image, [self.size, self.size], antialias=True)
         else:
-            big = self.size * 8 // 7
-            image = TF.resize(image, [big, big], antialias=True)
-            y, x = (int(v) for v in torch.randint(big - self.size + 1, (2,)))
-            image = image[:, y:y + self.size, x:x + self.size]
+            top, left, h, w = self.crop_box(*image.shape[-2:])
+            image = TF.resized_crop(image, top, left, h, w, [self.size, self.size],
+                                    interpolation=InterpolationMode.BICUBIC, antialias=True)
             if self.flip and bool(torch.rand(()) < 0.5):
                 image = image.flip(-1)
         return (image - MEAN) / STD
+
+
+def authors_tokens(caption: str, question_mark: bool = False) -> list:
+    """The authors' ``strsplit(caption, {'-',' ','.',',','(',')'}, 'CollapseDelimiters', true)``
+    (COCO's ``prepare_wordcnn_feature2.m`` also splits on ``?``): case kept, empty pieces gone."""
+    return [w for w in re.split(r"[-\s.,()?]+" if question_mark else r"[-\s.,()]+", caption) if w]
+
+
+def authors_vocab(captions, word2vec_path: Optional[str]) -> Vocab:
+    """The authors' dictionary (``make_dictionary.m``): the training captions' words (split
+    without ``?``) that the word2vec file has, case-sensitive; most frequent first."""
+    if not word2vec_path:
+        raise ValueError("text: 'authors' needs word2vec_path (the dictionary is the training words word2vec "
+                         "has), got none")
+    counts = Counter(w for c in captions for w in authors_tokens(c))
+    have = read_word2vec(word2vec_path, set(counts))
+    return Vocab(sorted(have, key=lambda w: (-counts[w], w)))
+
+
+def with_authors_text(data: ImageCaptionDataset, vocab: Vocab, question_mark: bool) -> ImageCaptionDataset:
+    """``data`` re-tokenised as the authors do: words the dictionary lacks are dropped (no
+    ``<unk>``), before the model cuts the caption to its window."""
+    captions = [[data.texts[j] for j in data.captions_of(i)] for i in range(data.num_images)]
+    tokens = [[[w for w in authors_tokens(c, question_mark) if w in vocab] for c in per] for per in captions]
+    return ImageCaptionDataset(data.paths, data.sources, captions, tokens, vocab, data.view, data.transform)
+
+
+class WithCandidates(torch.utils.data.Dataset):
+    """A training set whose items also carry ``candidate_tokens`` (k, length) and
+    ``candidate_instance`` (k,): a random caption of each of k random other images, cut or
+    padded to ``length`` — the pool the model mines hard negatives from (the authors draw 256
+    per batch of 32: k = 8). Draws are seeded by (seed, epoch, item), so a resumed run repeats them."""
+
+    def __init__(self, data, k: int, length: int = 32):
+        if k < 1 or length < 1:
+            raise ValueError(f"candidates_per_item and its length must be >= 1, got {k} and {length}")
+        if data.num_images < 2:
+            raise ValueError(f"candidates_per_item needs at least 2 images, got {data.num_images}")
+        self.data, self.k, self.length = data, k, length
+
+    def __getattr__(self, name):
+        if name == "data":                 # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.data, name)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, idx: int) -> dict:
+        item = self.data[idx]
+        d = self.data
+        gen = torch.Generator().manual_seed((d.seed * 1_000_003 + d.epoch) * 10_000_019 + idx)
+        others = torch.randint(d.num_images - 1, (self.k,), generator=gen)
+        others += (others >= item["instance"]).long()          # never the item's own image
+        tokens = torch.zeros(self.k, self.length, dtype=torch.long)
+        for row, i in enumerate(others.tolist()):
+            caps = d.captions_of(i)
+            ids = d.tokens_of(caps[int(torch.randint(len(caps), (), generator=gen))])[:self.length]
+            tokens[row, :len(ids)] = ids
+        item["candidate_tokens"], item["candidate_instance"] = tokens, others
+        return item
 
 
 def _read_list(path) -> list:
@@ -90,11 +189,30 @@ def _authors_split(json_path, image_root, split, split_lists: Dict[str, str], vi
                                vocab, view, transform)
 
 
-def _karpathy_factory(train_splits: str, captions_per_image: Optional[int], what: str):
+def _karpathy_factory(train_splits: str, captions_per_image: Optional[int], what: str, question_mark: bool):
     def factory(split: str, json_path: str, image_root: str, image_size: int = 224, view: str = "image",
                 train_flip: bool = True, min_count: int = 1, split_lists: Optional[Dict[str, str]] = None,
-                vocab_path: Optional[str] = None, skip_bad: bool = False):
+                vocab_path: Optional[str] = None, skip_bad: bool = False, text: str = "ours",
+                word2vec_path: Optional[str] = None, candidates_per_item: int = 0):
+        if candidates_per_item and split == "train":
+            data = factory(split, json_path, image_root, image_size, view, train_flip, min_count, split_lists,
+                           vocab_path, skip_bad, text, word2vec_path)
+            return WithCandidates(data, candidates_per_item)
+        if text not in TEXT_MODES:
+            raise ValueError(f"text must be one of {TEXT_MODES}, got {text!r}")
         transform = ImageTransform(image_size, train=split == "train", flip=train_flip)
+        if text == "authors":
+            def train_set():
+                if split_lists:
+                    return _authors_split(json_path, image_root, "train", split_lists, view, transform, 1, None)
+                return karpathy(json_path, image_root, split=train_splits, min_count=1, skip_bad=True)
+
+            vocab = shared_vocab(vocab_path, lambda: authors_vocab(train_set().texts, word2vec_path))
+            data = (_authors_split(json_path, image_root, split, split_lists, view, transform, 1, None) if split_lists
+                    else karpathy(json_path, image_root, split=train_splits if split == "train" else split, view=view,
+                                  min_count=1, captions_per_image=captions_per_image, transform=transform,
+                                  skip_bad=skip_bad))
+            return with_authors_text(data, vocab, question_mark)
         if split_lists:
             return _authors_split(json_path, image_root, split, split_lists, view, transform, min_count, vocab_path)
         vocab = None
@@ -110,8 +228,8 @@ def _karpathy_factory(train_splits: str, captions_per_image: Optional[int], what
     return factory
 
 
-flickr30k = _karpathy_factory("train", None, "Flickr30k")
-coco = _karpathy_factory("train+restval", 5, "MSCOCO (train+restval: 113,287 training images)")
+flickr30k = _karpathy_factory("train", None, "Flickr30k", question_mark=False)
+coco = _karpathy_factory("train+restval", 5, "MSCOCO (train+restval: 113,287 training images)", question_mark=True)
 
 
 class PedesDataset(ImageCaptionDataset):
@@ -131,8 +249,13 @@ class PedesDataset(ImageCaptionDataset):
 
 
 def cuhk_pedes(split: str, json_path: str, image_root: str, image_size: int = 224, view: str = "image",
-               train_flip: bool = True, min_count: int = 1, vocab_path: Optional[str] = None) -> PedesDataset:
-    """CUHK-PEDES from its ``reid_raw.json`` (identity = class)."""
+               train_flip: bool = True, min_count: int = 1, vocab_path: Optional[str] = None, text: str = "ours",
+               word2vec_path: Optional[str] = None) -> PedesDataset:
+    """CUHK-PEDES from its ``reid_raw.json`` (identity = class). ``text``: "authors" (their
+    split, case kept, dictionary = training words in word2vec, other words dropped) or "ours"
+    (the file's lower-cased ``processed_tokens``, every training word)."""
+    if text not in TEXT_MODES:
+        raise ValueError(f"text must be one of {TEXT_MODES}, got {text!r}")
     records = json.loads(read_text(json_path))
     if not isinstance(records, list):
         raise DataError(json_path, None, f"expected a list of records, got {type(records).__name__}")
@@ -141,11 +264,20 @@ def cuhk_pedes(split: str, json_path: str, image_root: str, image_size: int = 22
         if not (isinstance(r, dict) and isinstance(r.get("file_path"), str) and isinstance(r.get("captions"), list)
                 and "id" in r and isinstance(r.get("split"), str)):
             raise DataError(json_path, f"[{k}]", "needs 'file_path' (str), 'captions' (list), 'id' and 'split'")
-        tokens = r.get("processed_tokens") or [tokenize(c) for c in r["captions"]]
+        if text == "authors":
+            tokens = [authors_tokens(c) for c in r["captions"]]
+        else:
+            tokens = [[normalize_token(t) for t in s]
+                      for s in (r.get("processed_tokens") or [tokenize(c) for c in r["captions"]])]
         rows.append((r["split"], os.path.join(image_root, r["file_path"]), (str(json_path), f"[{k}]"),
-                     r["captions"], [[t.lower() for t in s] for s in tokens], r["id"]))
-    vocab = shared_vocab(vocab_path, lambda: Vocab.build([t for row in rows if row[0] == "train" for t in row[4]],
-                                                         min_count=min_count))
+                     r["captions"], tokens, r["id"]))
+    if text == "authors":
+        vocab = shared_vocab(vocab_path, lambda: authors_vocab([c for row in rows if row[0] == "train"
+                                                                for c in row[3]], word2vec_path))
+        rows = [(*row[:4], [[w for w in t if w in vocab] for t in row[4]], row[5]) for row in rows]
+    else:
+        vocab = shared_vocab(vocab_path, lambda: Vocab.build(
+            [t for row in rows if row[0] == "train" for t in row[4]], min_count=min_count))
     chosen = [row for row in rows if row[0] == split]
     if not chosen:
         raise DataError(json_path, None, f"no records of split {split!r}")

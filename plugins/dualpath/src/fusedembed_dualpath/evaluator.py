@@ -3,7 +3,10 @@
 The evaluator gets the loader of a caption dataset (any view: scenes, Karpathy, CUHK-PEDES),
 encodes each image once and each caption once through the model's test-time path (flip sum,
 position-shift sum, L2 norm) and scores them with :mod:`fusedembed.metrics.retrieval`:
-R@1/5/10, median rank and rsum in both directions; COCO adds the 1K (5 folds) and 5K figures;
+R@1/5/10, median rank and rsum in both directions, and what the authors' ``evaluate.m`` prints
+besides: ``*_map`` (mAP, their trapezoid AP: every caption of the image relevant for i2t) and
+``*_medr_authors`` (their Med r: the first K with mean CMC > 0.5, next to ``*_medr``, the VSE++
+floor of the median); COCO adds the 1K (5 folds) and 5K figures;
 CUHK-PEDES is scored by identity (a text query succeeds when any image of the person ranks
 in the top K, the protocol of Li et al. that the dual-path paper reports).
 """
@@ -14,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from fusedembed.distributed import gather_batch, shard_range
-from fusedembed.metrics import coco_retrieval, retrieval_metrics
+from fusedembed.metrics import coco_retrieval, instance_map, retrieval_metrics
+from fusedembed.metrics.retrieval import recall_summary, retrieval_ranks
 
 PROTOCOLS = ("standard", "coco", "identity")
 
@@ -46,6 +50,21 @@ def encode(model, loader: DataLoader, *, device) -> tuple:
     return gather_batch(torch.cat(images)), gather_batch(torch.cat(texts)), dataset.caption_to_image.clone()
 
 
+def authors_figures(img, txt, txt_to_img, ks=(1, 5, 10), ties: str = "pessimistic", image_labels=None) -> dict:
+    """``i2t_map``, ``t2i_map`` (percent) and ``i2t_medr_authors``, ``t2i_medr_authors``. With
+    ``image_labels`` (person search) an item is relevant when its identity matches."""
+    g = torch.as_tensor(txt_to_img).long()
+    image_ids = torch.arange(len(img)) if image_labels is None else torch.as_tensor(image_labels).long()
+    caption_ids = image_ids[g]
+    i2t, t2i = retrieval_ranks(img, txt, g, ties, image_labels=image_labels)
+    out = {}
+    for d, ranks in (("i2t", i2t), ("t2i", t2i)):
+        out[f"{d}_medr_authors"] = recall_summary(ranks, ks, "recall")["medr"]
+    out["i2t_map"] = instance_map(img, txt, image_ids, caption_ids, ties=ties)["map"]
+    out["t2i_map"] = instance_map(txt, img, caption_ids, image_ids, ties=ties)["map"]
+    return out
+
+
 class RetrievalEvaluator:
     """R@K, median rank and rsum, image→text and text→image.
 
@@ -55,7 +74,8 @@ class RetrievalEvaluator:
         every image of its person and an image every caption of its person; the dataset must
         give per-image ``identities``, as ``dualpath/cuhk_pedes`` does).
       ks: the K of R@K.
-      median: "floor" (VSE++) or "recall" (the authors' first K with R@K > 50 %).
+      median: ``*_medr``: "floor" (VSE++) or "recall" (the authors' first K with R@K > 50 %,
+        which ``*_medr_authors`` always gives).
       ties: "pessimistic" or "optimistic" (see fusedembed.metrics).
     """
 
@@ -70,11 +90,20 @@ class RetrievalEvaluator:
     def metrics(self, img: torch.Tensor, txt: torch.Tensor, txt_to_img: torch.Tensor,
                 image_labels: Optional[torch.Tensor] = None) -> dict:
         if self.protocol == "coco":
-            return coco_retrieval(img, txt, txt_to_img, self.folds, self.ks, self.ties, self.median)
+            out = coco_retrieval(img, txt, txt_to_img, self.folds, self.ks, self.ties, self.median)
+            g, size = torch.as_tensor(txt_to_img).long(), len(img) // self.folds
+            folds = []
+            for f in range(self.folds):
+                sel = ((g >= f * size) & (g < (f + 1) * size)).nonzero().reshape(-1)
+                folds.append(authors_figures(img[f * size:(f + 1) * size], txt[sel], g[sel] - f * size, self.ks,
+                                             self.ties))
+            out |= {f"1k_{k}": sum(m[k] for m in folds) / self.folds for k in folds[0]}
+            return out | {f"5k_{k}": v for k, v in authors_figures(img, txt, g, self.ks, self.ties).items()}
         if self.protocol == "identity" and image_labels is None:
             raise ValueError("dualpath/retrieval: protocol 'identity' needs the images' identities")
-        return retrieval_metrics(img, txt, txt_to_img, self.ks, self.ties, self.median,
-                                 image_labels=image_labels if self.protocol == "identity" else None)
+        labels = image_labels if self.protocol == "identity" else None
+        return (retrieval_metrics(img, txt, txt_to_img, self.ks, self.ties, self.median, image_labels=labels)
+                | authors_figures(img, txt, txt_to_img, self.ks, self.ties, labels))
 
     def __call__(self, model, loader, *, device) -> dict:
         labels = None

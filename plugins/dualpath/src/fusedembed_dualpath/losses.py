@@ -36,12 +36,15 @@ never negatives)::
 
     max(0, m - s(x_i, y_i) + s(x_i, y⁻)) + max(0, m - s(x_i, y_i) + s(x⁻, y_i))
 
-summed over i as the authors do (``reduction="sum"``). Negatives: ``"hardest"`` — the hardest
-in the batch (the authors' choice; this equals VSE++'s max of hinges); ``"sum"`` — every
-in-batch negative's hinge summed (VSE0); ``"candidates"`` — the authors' "hardest of K random
-candidates embedded without grad": a FIFO bank of the last K embeddings of each modality
-(detached, so without grad, from a model at most K/B steps old; shuffled batches make them a
-random sample) together with the batch's own detached embeddings.
+summed over i (``reduction="sum"``) or averaged (``"mean"``: MatConvNet divides every loss's
+gradient by the batch size, so the authors' recipes are mean losses). Negatives:
+``"hardest"`` — the hardest in the batch (VSE++'s max of hinges; ours, not the authors');
+``"sum"`` — every in-batch negative's hinge summed (VSE0); ``"random"`` — one random in-batch
+item of another instance per anchor (the authors' CUHK-PEDES choice, ``rand_diff_class*.m``,
+drawn from the batch); ``"candidates"`` — hardest of a FIFO bank of the last K embeddings of
+each modality (detached, from a model at most K/B steps old; shuffled batches make them a
+random sample) together with the batch's own detached embeddings: ours (the authors'
+Flickr30k / COCO negatives are the model's hard-negative mining with ``pair_ranking``).
 """
 
 from typing import Optional
@@ -165,16 +168,21 @@ class InstanceLoss(nn.Module):
         return F.linear(features, self.weight, self.bias)
 
     def forward(self, instance: torch.Tensor, image_features: Optional[torch.Tensor] = None,
-                text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
-        parts = [(f, w) for f, w in ((image_features, self.image_weight), (text_features, self.text_weight))
+                text_features: Optional[torch.Tensor] = None,
+                text_instance: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``text_instance``: the captions' own labels when they differ from the images' (the
+        model's mined hard-negative captions)."""
+        text_labels = instance if text_instance is None else text_instance
+        parts = [(f, w, y) for f, w, y in ((image_features, self.image_weight, instance),
+                                           (text_features, self.text_weight, text_labels))
                  if f is not None and w != 0]
         if not parts:
             raise ValueError("instance: needs image_features or text_features (with a non-zero weight), got neither")
-        x = torch.cat([f.float() for f, _ in parts])      # both branches in one pass over W
-        target = instance.to(x.device).long().repeat(len(parts))
+        x = torch.cat([f.float() for f, _, _ in parts])      # both branches in one pass over W
+        target = torch.cat([y.to(x.device).long() for _, _, y in parts])
         ce = chunked_cross_entropy(x, self.weight, target, self.bias, self.chunk)
         per_branch = ce.view(len(parts), -1)
-        return sum(w * _reduce(row, self.reduction) for row, (_, w) in zip(per_branch, parts))
+        return sum(w * _reduce(row, self.reduction) for row, (_, w, _) in zip(per_branch, parts))
 
 
 class BidirRankingLoss(nn.Module):
@@ -183,13 +191,14 @@ class BidirRankingLoss(nn.Module):
     Args:
       margin: m (the authors: 1).
       negatives: "hardest" (in-batch hardest; = VSE++ max of hinges), "sum" (every in-batch
-        negative, VSE0) or "candidates" (hardest of a bank of K past embeddings, no grad).
+        negative, VSE0), "random" (one random in-batch item of another instance) or
+        "candidates" (hardest of a bank of K past embeddings, no grad).
       num_candidates: K, for "candidates" (the authors: 256).
       dim: embedding size, for "candidates" (sizes the bank).
       reduction: "sum" over the batch (the authors') or "mean".
     """
 
-    NEGATIVES = ("hardest", "sum", "candidates")
+    NEGATIVES = ("hardest", "sum", "random", "candidates")
 
     def __init__(self, margin: float = 1.0, negatives: str = "hardest", num_candidates: int = 256,
                  dim: int = 2048, reduction: str = "sum"):
@@ -230,6 +239,13 @@ class BidirRankingLoss(nn.Module):
             neg_txt = negatives.max(1).values                  # y⁻ for image i
             neg_img = negatives.max(0).values                  # x⁻ for caption i
             cost = F.relu(self.margin - pos + neg_txt) + F.relu(self.margin - pos + neg_img)
+        elif self.negatives == "random":
+            if bool(same.all()):
+                raise ValueError("bidir_ranking: negatives 'random' needs two instances in the batch, got one")
+            pick = torch.multinomial((~same).float(), 2, replacement=True)     # [:, 0] caption, [:, 1] image
+            rows = torch.arange(len(img), device=img.device)
+            cost = (F.relu(self.margin - pos + scores[rows, pick[:, 0]])
+                    + F.relu(self.margin - pos + scores[pick[:, 1], rows]))
         else:
             hinge_txt = F.relu(self.margin - pos[:, None] + scores).masked_fill(same, 0).sum(1)
             hinge_img = F.relu(self.margin - pos[None] + scores).masked_fill(same, 0).sum(0)
@@ -255,3 +271,73 @@ class BidirRankingLoss(nn.Module):
         slots = (self.bank_next + torch.arange(n, device=img.device)) % k
         self.bank_image[slots], self.bank_text[slots], self.bank_instance[slots] = img[-n:], txt[-n:], ids[-n:]
         self.bank_next.add_(n).remainder_(k)
+
+
+class InBatchInstanceLoss(nn.Module):
+    """The instance loss of layumi's PyTorch re-ID code (registered ``inbatch_instance``; not the
+    MatConvNet recipe's ``instance``): per branch, L2-normalised features f̂ (B, D), logits
+    ``gamma · f̂ f̂ᵀ`` (B, B) and cross-entropy against the batch index, so each item is its own
+    class within the batch and no C × D classifier exists.
+
+    Args:
+      gamma: the logit scale (64, as in pytorch-metric-learning's port).
+      image_weight, text_weight: weights of the two branches' terms.
+    """
+
+    def __init__(self, gamma: float = 64.0, image_weight: float = 1.0, text_weight: float = 1.0):
+        super().__init__()
+        if gamma <= 0:
+            raise ValueError(f"inbatch_instance: gamma must be > 0, got {gamma}")
+        self.gamma, self.image_weight, self.text_weight = float(gamma), float(image_weight), float(text_weight)
+
+    def forward(self, image_features: Optional[torch.Tensor] = None,
+                text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        parts = [(f, w) for f, w in ((image_features, self.image_weight), (text_features, self.text_weight))
+                 if f is not None and w != 0]
+        if not parts:
+            raise ValueError("inbatch_instance: needs image_features or text_features (with a non-zero weight), "
+                             "got neither")
+        total = 0.0
+        for f, w in parts:
+            f = F.normalize(f.float(), dim=1)
+            target = torch.arange(len(f), device=f.device)
+            total = total + w * F.cross_entropy(self.gamma * f @ f.T, target)
+        return total
+
+
+class PairRankingLoss(nn.Module):
+    """The authors' ``RankLoss.m`` (registered ``pair_ranking``): the batch's first half are
+    anchor pairs (x_p, y_p), its second half the negatives (x_n, y_n) of the same positions::
+
+        max(0, m - s(x_p, y_p) + s(x_p, y_n)) + max(0, m - s(x_p, y_p) + s(y_p, x_n))
+
+    summed over the anchors and divided by the whole batch size (``reduction="batch"``:
+    MatConvNet's gradient scaling) or just summed (``"sum"``). With the model's hard-negative
+    mining (a batch with ``candidate_tokens``) y_n is the hardest candidate caption; x_n is the
+    image at that position, a random other image. A negative image of the anchor's instance
+    gets no hinge (the authors redraw it).
+    """
+
+    def __init__(self, margin: float = 1.0, reduction: str = "batch"):
+        super().__init__()
+        if margin < 0:
+            raise ValueError(f"pair_ranking: margin must be >= 0, got {margin}")
+        if reduction not in ("batch", "sum"):
+            raise ValueError(f"pair_ranking: reduction must be 'batch' or 'sum', got {reduction!r}")
+        self.margin, self.reduction = float(margin), reduction
+
+    def forward(self, image_embedding: torch.Tensor, text_embedding: torch.Tensor,
+                instance: Optional[torch.Tensor] = None) -> torch.Tensor:
+        img, txt = image_embedding.float(), text_embedding.float()
+        if img.shape != txt.shape or len(img) < 2:
+            raise ValueError(f"pair_ranking: image and text embeddings must have one shape with at least 2 rows, "
+                             f"got {tuple(img.shape)} and {tuple(txt.shape)}")
+        n = len(img) // 2
+        xp, yp, xn, yn = img[:n], txt[:n], img[n:2 * n], txt[n:2 * n]
+        pos = (xp * yp).sum(1)
+        to_image = F.relu(self.margin - pos + (yp * xn).sum(1))
+        if instance is not None:
+            ids = instance.to(img.device).long()
+            to_image = to_image.masked_fill(ids[:n] == ids[n:2 * n], 0)
+        cost = (F.relu(self.margin - pos + (xp * yn).sum(1)) + to_image).sum()
+        return cost / len(img) if self.reduction == "batch" else cost

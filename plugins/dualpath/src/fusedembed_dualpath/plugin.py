@@ -7,7 +7,7 @@ import fusedembed
 
 from . import datasets, demo
 from .evaluator import RetrievalEvaluator
-from .losses import BidirRankingLoss, InstanceLoss
+from .losses import BidirRankingLoss, InBatchInstanceLoss, InstanceLoss, PairRankingLoss
 from .model import DualPath
 from .textcnn import TextCNN
 
@@ -34,8 +34,12 @@ def fusedembed_register_models(register):
 def fusedembed_register_losses(register):
     register("instance", InstanceLoss, description="instance loss: every image its own class, one classifier "
              "for both branches, chunked CE")
-    register("bidir_ranking", BidirRankingLoss, description="bidirectional hinge ranking loss (hardest, sum "
-             "or candidate-bank negatives)")
+    register("bidir_ranking", BidirRankingLoss, description="bidirectional hinge ranking loss (hardest, sum, "
+             "random or candidate-bank negatives)")
+    register("pair_ranking", PairRankingLoss, description="the authors' RankLoss: first half anchors, second "
+             "half their negatives, sum / batch")
+    register("inbatch_instance", InBatchInstanceLoss, description="layumi's PyTorch instance loss: CE of "
+             "gamma * normalised f f^T against the batch index")
 
 
 @fusedembed.hookimpl

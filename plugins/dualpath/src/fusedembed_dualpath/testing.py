@@ -11,6 +11,7 @@ def tiny_overrides(scenes_root: str) -> list:
         *data, "data.train.num_images=64", "data.val.num_images=16", "data.test.num_images=16",
         "model.dim=32", "model.image_backbone.width=8", "model.image_backbone.depth=2",
         "model.text_backbone.word_dim=16", "model.text_backbone.widths=[16,16,32,32]",
+        "model.text_backbone.first_mids=null",
         "model.text_backbone.fc_dim=32", "model.text_backbone.vocab_size=76",
         "losses.0.num_classes=64", "losses.0.dim=32",
         "stages.1.losses.0.dim=32", "stages.1.losses.1.num_classes=64", "stages.1.losses.1.dim=32",

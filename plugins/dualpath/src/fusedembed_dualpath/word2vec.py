@@ -19,15 +19,14 @@ def _is_binary(path: Path) -> bool:
         if len(header) != 2 or not all(h.isdigit() for h in header):
             return False          # headerless text file
         dim = int(header[1])
-        word = bytearray()
-        while (c := f.read(1)) not in (b" ", b""):
-            word += c
-        record = f.read(4 * dim)
+        first = f.readline()
+    # Text: the first record is one line of a word and dim numbers; binary bytes are not.
     try:
-        np.array(record.decode("ascii").split(), dtype=np.float32)
-        return False
+        parts = first.decode("utf-8").split()
+        np.array(parts[1:], dtype=np.float32)
     except (UnicodeDecodeError, ValueError):
         return True
+    return len(parts) != dim + 1
 
 
 def read_word2vec(path, wanted=None) -> dict:

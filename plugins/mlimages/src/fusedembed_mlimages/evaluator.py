@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from fusedembed import build, spec
-from fusedembed.metrics import multilabel_map, multilabel_topk
+from fusedembed.metrics import multilabel_map, multilabel_topk, topk_accuracy
 
 TERCILES = ("rare", "mid", "frequent")
 
@@ -97,6 +97,6 @@ class Accuracy:
 
 
 def accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1,)) -> Dict[str, float]:
-    ranked = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
-    hit = ranked == labels.view(-1, 1)
-    return {f"top{k}": 100.0 * float(hit[:, :k].any(1).float().mean()) for k in ks if k <= scores.shape[1]}
+    """``top{k}`` for the ks up to the number of classes (the core's topk_accuracy: equal
+    scores rank pessimistically, NaN scores are refused)."""
+    return topk_accuracy(scores, labels, [k for k in ks if k <= scores.shape[1]] or ks)

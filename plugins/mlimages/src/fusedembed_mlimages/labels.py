@@ -33,7 +33,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from fusedembed.data import DataError, SkipLog, text_lines
+from fusedembed.data import DataError, SkipLog, read_text, text_lines
 
 _LABEL = re.compile(r"^(\d+)(?::([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?))?$")
 
@@ -217,7 +217,7 @@ def format_line(image: str, labels: Labels) -> str:
 
 def parse_class_spec(spec: str, num_classes: int) -> set:
     """``"0-10031,10040"`` (ranges inclusive) or ``@FILE`` (indices, one per line) -> a set."""
-    text = open(spec[1:], encoding="utf-8").read() if spec.startswith("@") else spec
+    text = read_text(spec[1:]) if spec.startswith("@") else spec
     out = set()
     for part in re.split(r"[,\s]+", text.strip()):
         if not part:

@@ -2,9 +2,12 @@
 
 import torch
 
+from fusedembed.metrics import accuracy_from_ranks, class_ranks
+
 
 class Accuracy:
-    """Top-k accuracy (%) of ``logits`` against ``label``."""
+    """Top-k accuracy (%) of ``logits`` against ``label`` (the core's class ranks: equal logits
+    rank pessimistically, NaN logits are refused)."""
 
     def __init__(self, ks=(1, 5)):
         self.ks = tuple(int(k) for k in ks)
@@ -14,14 +17,10 @@ class Accuracy:
     @torch.no_grad()
     def __call__(self, model, loader, *, device) -> dict:
         model.eval()
-        hits, total = dict.fromkeys(self.ks, 0), 0
+        ranks = []
         for batch in loader:
             logits = model({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})["logits"]
-            label = batch["label"].to(logits.device)
-            top = logits.topk(min(max(self.ks), logits.shape[1]), 1).indices
-            for k in self.ks:
-                hits[k] += int((top[:, :k] == label[:, None]).any(1).sum())
-            total += len(label)
-        if not total:
+            ranks.append(class_ranks(logits.float(), batch["label"]))
+        if not ranks:
             raise ValueError("Accuracy: the split is empty")
-        return {f"top{k}": 100.0 * hits[k] / total for k in self.ks}
+        return accuracy_from_ranks(torch.cat(ranks), self.ks)

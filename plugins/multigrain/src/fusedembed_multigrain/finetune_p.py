@@ -14,6 +14,8 @@ from typing import Iterable, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from fusedembed.metrics import topk_accuracy
+
 from .transforms import eval_transform
 
 
@@ -72,11 +74,12 @@ def finetune_p(model, images: Sequence[torch.Tensor], labels: Sequence[int], siz
 
 @torch.no_grad()
 def accuracy(model, images: Sequence[torch.Tensor], labels: Sequence[int], size: int, device="cpu") -> float:
-    """Top-1 accuracy (%) at ``size`` in rect mode, images forwarded one by one."""
+    """Top-1 accuracy (%) at ``size`` in rect mode, images forwarded one by one (the core's
+    topk_accuracy: NaN logits are an error, not argmax's pick)."""
     model.eval()
     tf = eval_transform("rect", size)
     logits = _logits(model, (tf(im) for im in images), device)
-    return 100.0 * float((logits.argmax(1).cpu() == torch.as_tensor(list(labels))).double().mean())
+    return topk_accuracy(logits.float(), list(labels), ks=(1,))["top1"]
 
 
 def cross_validate_p(model, images, labels, size: int, candidates: Sequence[float] = (1, 2, 3, 4, 5, 6, 8),

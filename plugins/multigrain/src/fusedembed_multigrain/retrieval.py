@@ -30,6 +30,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
+from fusedembed.data import load_image, read_text
 from fusedembed.index import build_index
 from fusedembed.metrics import holidays_map, instance_map, listed_map, ukbench_score
 
@@ -39,12 +40,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def read_image(path) -> torch.Tensor:
-    """(3, H, W) float in [0, 1]."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
+    """(3, H, W) float in [0, 1]; an unreadable file (truncated, not an image) raises the
+    core's ImageReadError naming it."""
+    return load_image(path)
 
 
 def list_images(folder) -> List[Path]:
@@ -82,7 +80,7 @@ def knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, index: str = "exac
 # -- Holidays ----------------------------------------------------------------------------
 
 def read_rotations(path) -> Dict[str, int]:
-    text = Path(path).expanduser().read_text()
+    text = read_text(path)
     try:
         table = json.loads(text)
     except json.JSONDecodeError:

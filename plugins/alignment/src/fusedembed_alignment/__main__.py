@@ -1,0 +1,118 @@
+"""Commands of the alignment plugin.
+
+    python -m fusedembed_alignment align MODEL --image FILE --boxes "x0,y0,x1,y1;..." \\
+        --sentence "a red circle left of a blue square" [--beta 2] [--out snippets.png]
+    python -m fusedembed_alignment vocab DATASET_JSON OUT [--min-count 5]
+
+``align``: a trained model (checkpoint or exported folder) aligns the sentence's words to the
+image's regions (the whole image + the boxes, in pixels of the image file; or ``--boxes-file``,
+a detections file as ``alignment/karpathy_boxes`` reads, with ``--boxes-key`` the entry to use)
+and prints the snippets: each run of words on one region, with its box and score; ``--out``
+writes the picture with each box labelled by its snippet.
+``vocab``: writes the vocabulary of a Karpathy split JSON's training captions (words seen
+``--min-count`` times, lower-cased) for the ``vocab_path`` of the recipes.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _parse_boxes(text: str) -> torch.Tensor:
+    rows = [r for r in text.split(";") if r.strip()]
+    try:
+        boxes = torch.tensor([[float(v) for v in r.split(",")] for r in rows], dtype=torch.float32)
+    except ValueError:
+        raise SystemExit(f"--boxes: expected 'x0,y0,x1,y1;...' numbers, got {text!r}") from None
+    if boxes.numel() and (boxes.dim() != 2 or boxes.shape[1] != 4):
+        raise SystemExit(f"--boxes: expected 4 numbers per box, got {text!r}")
+    return boxes.reshape(-1, 4)
+
+
+def align(args) -> int:
+    from fusedembed.inference import decode_image, load_embedder
+
+    from .align import decode, draw_snippets, snippets
+    from .data import read_detections
+
+    if args.boxes_file:
+        dets = read_detections(args.boxes_file)
+        key = args.boxes_key or Path(args.image).name
+        if key not in dets:
+            raise SystemExit(f"--boxes-file: {args.boxes_file} has no entry {key!r} (give --boxes-key)")
+        boxes = torch.from_numpy(dets[key])
+    else:
+        boxes = _parse_boxes(args.boxes or "")
+    embedder = load_embedder(args.model, device=args.device)
+    image = decode_image(args.image)
+    x = embedder.image_transform(image)
+    scale = torch.tensor([x.shape[2] / image.shape[2], x.shape[1] / image.shape[1]] * 2)
+    text = embedder.text_batch([args.sentence])
+    batch = {"image": x[None], "boxes": (boxes * scale)[None], "num_objects": torch.tensor([len(boxes)]), **text}
+    batch = {k: v.to(embedder.device) for k, v in batch.items()}
+    with torch.no_grad():
+        out = embedder.model(batch)
+    if "regions" not in out or "words" not in out:
+        raise SystemExit(f"{args.model}: not an alignment model (its outputs are {', '.join(sorted(out))})")
+    regions, words = out["regions"].float().cpu(), out["words"].float().cpu()
+    counts, lengths = out["num_regions"].cpu(), out["lengths"].cpu()
+    assignment, energy = decode(regions, words, args.beta, counts, lengths)
+    ref = embedder.reference()
+    ids = text["tokens"][0, :int(lengths[0])].tolist()
+    tokens = ref.vocab.decode(ids) if hasattr(ref, "vocab") else [str(i) for i in ids]
+    runs = snippets(regions, words, assignment, [tokens])[0]
+    print(f"{len(runs)} snippets (beta {args.beta:g}, MRF energy {float(energy[0]):.3f}; "
+          f"{int(counts[0])} regions: the whole image + {int(counts[0]) - 1} boxes)")
+    for snip in runs:
+        where = "whole image" if snip.region == 0 else f"box {snip.region - 1} {boxes[snip.region - 1].tolist()}"
+        print(f"  {snip.words!r:40s} -> {where}  score {snip.score:.3f}")
+    if args.out:
+        draw_snippets(image, boxes, runs).save(args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def vocab(args) -> int:
+    from fusedembed.data import Vocab, read_text, tokenize
+
+    try:
+        doc = json.loads(read_text(args.json))
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{args.json}: line {err.lineno} column {err.colno}: invalid JSON: {err.msg}") from None
+    # The words of the training captions, as alignment/karpathy_boxes builds its vocabulary.
+    tokens = [[t.lower() for t in (s.get("tokens") or tokenize(s.get("raw", "")))] for im in doc.get("images", [])
+              if im.get("split") in ("train", "restval") for s in im.get("sentences", [])]
+    if not tokens:
+        raise SystemExit(f"{args.json}: no training captions (images with split 'train' or 'restval')")
+    v = Vocab.build(tokens, min_count=args.min_count)
+    v.save(args.out)
+    print(f"wrote {args.out}: {len(v)} entries (the words seen >= {args.min_count} times, <pad> and <unk>)")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fusedembed_alignment", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("align", help="snippets of a sentence on an image's boxes")
+    a.add_argument("model", help="a checkpoint (runs/x/last.pt) or an exported folder")
+    a.add_argument("--image", required=True)
+    a.add_argument("--boxes", help="'x0,y0,x1,y1;...' in pixels of the image file")
+    a.add_argument("--boxes-file", help="a detections file (JSON or npz, see fusedembed_alignment.data)")
+    a.add_argument("--boxes-key", help="its entry for the image (default: the image's file name)")
+    a.add_argument("--sentence", required=True)
+    a.add_argument("--beta", type=float, default=2.0, help="reward for consecutive words on one region")
+    a.add_argument("--out", help="write the picture here (PNG)")
+    a.add_argument("--device", default=None)
+    v = sub.add_parser("vocab", help="the vocabulary of a Karpathy split JSON's training captions")
+    v.add_argument("json")
+    v.add_argument("out")
+    v.add_argument("--min-count", type=int, default=5)
+    args = p.parse_args(argv)
+    return align(args) if args.command == "align" else vocab(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
