@@ -7,7 +7,8 @@ import sys
 from typing import List, Optional, Sequence
 
 from ._version import __version__
-from .config import RecipeError, dump, load_recipe
+from .config import dump, load_recipe
+from .errors import UserError
 from .registry import KINDS, RegistryError, kind_of
 
 OK, FAILURE, USAGE = 0, 1, 2
@@ -352,6 +353,6 @@ def main(argv: Optional[List[str]] = None, out=None) -> int:
         return exit_.code if isinstance(exit_.code, int) else USAGE
     try:
         return args.func(args, out)
-    except (RecipeError, RegistryError) as err:
+    except (UserError, RegistryError) as err:
         print(f"fusedembed {args.command}: error: {err}", file=sys.stderr)
         return FAILURE

@@ -23,14 +23,15 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from .errors import UserError
 from .plugins import current_registries
-from .recipe import STAGE_SECTIONS, Recipe
+from .recipe import STAGE_SECTIONS, Recipe, trainer_range_problems
 from .registry import KINDS, Component, Registries, RegistryError, did_you_mean
 
 RESOLVED_NAME = "config.yaml"
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """One or more problems with a recipe; ``problems`` lists them one per line."""
 
     def __init__(self, problems: Union[str, Sequence[str]], source=None):
@@ -454,6 +455,8 @@ def _validate(tree, registries, where):
     v = _Validator()
     recipe = v.check(tree, Recipe, where)
     problems = list(v.problems)
+    if not problems:
+        problems += trainer_range_problems(recipe.trainer)
     if registries is not None:
         problems += check_components(v.components, registries)
     return recipe, problems

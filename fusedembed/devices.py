@@ -4,6 +4,8 @@ from typing import Union
 
 import torch
 
+from .errors import UsageError
+
 
 def resolve_device(device: Union[None, str, torch.device] = "auto", *, local_rank: int = 0,
                    what: str = "device") -> torch.device:
@@ -16,14 +18,14 @@ def resolve_device(device: Union[None, str, torch.device] = "auto", *, local_ran
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"{what} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r} ({err})") from None
+        raise UsageError(f"{what} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r} ({err})") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{what}={device!r} but no CUDA GPU is visible on this machine; use "
+            raise UsageError(f"{what}={device!r} but no CUDA GPU is visible on this machine; use "
                              f"{what}=auto (the GPU when there is one) or {what}=cpu")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
-            raise ValueError(f"{what}={device!r} but only {count} CUDA device(s) are visible")
+            raise UsageError(f"{what}={device!r} but only {count} CUDA device(s) are visible")
     elif dev.type not in ("cpu", "mps", "xpu"):
-        raise ValueError(f"{what} must be 'auto', 'cpu' or a CUDA device, got {device!r}")
+        raise UsageError(f"{what} must be 'auto', 'cpu' or a CUDA device, got {device!r}")
     return dev

@@ -154,3 +154,15 @@ def fusedembed_register_demos(register):
     an exit code. A demo runs end to end on data it can make locally (the embedded scenes),
     prints what it measured next to baselines and says what reproduces at its scale.
     """
+
+
+@hookspec
+def fusedembed_register_hooks(register):
+    """Register trainer hooks: ``register(name, factory, *, description="")``.
+
+    ``factory(**kwargs)`` returns a ``fusedembed.trainer.Hook``; a recipe adds it with
+    ``trainer.hooks: [{name: ..., **kwargs}]``. The trainer calls its ``before_stage``,
+    ``before_epoch``, ``after_step``, ``after_epoch``, ``after_stage``, ``on_losses`` and
+    ``on_eval`` after the built-in hooks' (logging, NaN guard, evaluation, best model,
+    checkpoints, progress); ``self.trainer`` is the running Trainer.
+    """

@@ -76,6 +76,9 @@ class TrainerConfig:
     bn_eval: bool = False               # batch-norm layers use their running statistics while training
     loss_lr_mult: float = 1.0           # LR of the losses' own parameters (their separate optimizer)
     loss_weight_decay: float = 0.0
+    sync_bn: bool = False               # DDP: BatchNorm statistics over the global batch
+    dist_timeout_s: float = 1800.0      # DDP: a collective waiting longer ends the job, naming it
+    hooks: List[spec("hook")] = field(default_factory=list)   # plugin hooks, after the built-ins
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -103,3 +106,31 @@ class Recipe:
 
 
 STAGE_SECTIONS = ("model", "losses", "data", "evaluators", "trainer")
+
+# (dotted key, lowest, strict): the value must be > lowest (strict) or >= lowest. None passes.
+_RANGES = (("epochs", 1, False), ("lr", 0, False), ("max_steps", 0, False), ("batch_size", 1, False),
+           ("eval_batch_size", 1, False), ("accumulate", 1, False), ("grad_clip_norm", 0, True),
+           ("grad_clip_value", 0, True), ("workers", 0, False), ("seed", 0, False), ("log_every", 1, False),
+           ("eval_every", 1, False), ("checkpoint_every", 1, False), ("loss_lr_mult", 0, False),
+           ("loss_weight_decay", 0, False), ("dist_timeout_s", 0, True),
+           ("optimizer.momentum", 0, False), ("optimizer.weight_decay", 0, False),
+           ("scheduler.step_size", 1, False), ("scheduler.gamma", 0, True), ("scheduler.min_lr", 0, False),
+           ("scheduler.warmup_epochs", 0, False), ("scheduler.warmup_factor", 0, True))
+
+
+def trainer_range_problems(cfg: TrainerConfig, where: str = "trainer") -> List[str]:
+    """One message per trainer value out of its range (``trainer.grad_clip_norm must be > 0,
+    got -1.0``): a negative clip norm would reverse training, a zero step size divide by zero."""
+    problems = []
+    for key, low, strict in _RANGES:
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is not None and (value <= low if strict else value < low):
+            problems.append(f"{where}.{key} must be {'>' if strict else '>='} {low}, got {value!r}")
+    for m in cfg.optimizer.lr_mult.values():
+        if m < 0:
+            problems.append(f"{where}.optimizer.lr_mult: multipliers must be >= 0, got {m!r}")
+    if any(m < 0 for m in cfg.scheduler.milestones):
+        problems.append(f"{where}.scheduler.milestones must be >= 0, got {cfg.scheduler.milestones!r}")
+    return problems

@@ -89,6 +89,8 @@ KINDS: Dict[str, Kind] = {k.name: k for k in (
     Kind("evaluator", "evaluators", "a callable evaluator(model, loader, *, device)", callable),
     Kind("model", "models", "an nn.Module", lambda o: isinstance(o, nn.Module)),
     Kind("demo", "demos", "a callable demo(argv) -> exit code", callable),
+    Kind("hook", "hooks", "a trainer hook (fusedembed.trainer.Hook)",
+         lambda o: callable(getattr(o, "after_step", None))),
     Kind("recipe", "recipes", "a YAML file path"),
 )}
 

@@ -5,6 +5,7 @@ from typing import Dict, Optional
 import torch
 
 from ..devices import resolve_device
+from ..errors import UsageError
 from ..plugins import build
 from . import checkpoint as ckpt
 from .data import eval_loader
@@ -27,9 +28,11 @@ def evaluate(recipe, checkpoint, *, split: str = "test", device: Optional[str] =
     """Runs the recipe's evaluators on ``split`` with the checkpoint's model weights."""
     data_cfg = getattr(recipe.data, split)
     if data_cfg is None:
-        raise ValueError(f"the recipe has no data.{split} dataset to evaluate on")
+        raise UsageError(f"the recipe has no data.{split} dataset to evaluate on; add one under data.{split} "
+                         f"or pick another split with --split")
     if not recipe.evaluators:
-        raise ValueError("the recipe lists no evaluators")
+        raise UsageError("the recipe lists no evaluators, so eval has nothing to compute; add one under "
+                         "`evaluators:` (see `fusedembed list evaluators`)")
     dev = resolve_device(device)
     model = load_model(recipe, checkpoint, device=dev)
     loader = eval_loader(build("dataset", data_cfg, split=split), recipe)

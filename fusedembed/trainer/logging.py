@@ -6,19 +6,28 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Optional
 
 
 class MetricsLog:
-    """Appends one JSON object per line; a resumed run appends to the same file. With the
-    ``tensorboard`` package installed, numeric values also go to ``run_dir/tensorboard``."""
+    """Appends one JSON object per line. A run resumed from the checkpoint of step
+    ``resume_step`` first drops the rows of later steps (logged after that checkpoint, before
+    the kill), so no step appears twice. With the ``tensorboard`` package installed, numeric
+    values also go to ``run_dir/tensorboard`` (purged past ``resume_step`` likewise)."""
 
-    def __init__(self, run_dir, enabled: bool = True):
+    def __init__(self, run_dir, enabled: bool = True, resume_step: Optional[int] = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
         self.tb = None
+        if enabled and resume_step is not None and self.path.is_file():
+            kept = [row for row in self.read() if row.get("step", 0) <= resume_step]
+            tmp = self.path.with_name(".metrics.jsonl.tmp")
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
+            tmp.replace(self.path)
         if enabled and importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            purge = None if resume_step is None else resume_step + 1
+            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=purge)
 
     def write(self, row: dict) -> None:
         if not self.enabled:
@@ -39,7 +48,13 @@ class MetricsLog:
     def read(self) -> list:
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line]
+        rows = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:      # the half line of a killed write
+                continue
+        return rows
 
 
 class Progress:

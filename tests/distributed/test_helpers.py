@@ -63,3 +63,44 @@ def test_single_process_is_the_identity():
     assert D.all_gather_with_grad(x) is x and D.gather_batch(x) is x
     module = torch.nn.BatchNorm1d(2)
     assert D.reduce_state_(module) is module and D.world() == D.World()
+
+
+def _bn_worker(rank, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        full, w = torch.randn(6, 3, 4, dtype=torch.float64), torch.randn(6, 3, 4, dtype=torch.float64)
+        bn = D.convert_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm1d(3).double()))
+        rows = D.shard_range(6)
+        x = full[rows.start:rows.stop].clone().requires_grad_(True)
+        # each rank's loss on its rows, summed over ranks as DDP's averaged gradient is (x 2)
+        (bn(x) * w[rows.start:rows.stop]).sum().backward()
+        loss = torch.nn.Module()
+        loss.register_buffer("seen", torch.tensor([rank + 1]))
+        out[rank] = {"rows": (rows.start, rows.stop), "grad": x.grad, "type": type(bn[0]).__name__,
+                     "running_var": bn[0].running_var.clone(), "bn_weight_grad": bn[0].weight.grad.clone(),
+                     "saved": D.consistent_state_dict(loss)["seen"], "live": loss.seen.clone(),
+                     "uneven": tuple(D.shard_range(5))}
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_global_batchnorm_and_consistent_state_on_two_ranks():
+    out = mp.Manager().dict()
+    mp.spawn(_bn_worker, args=(_free_port(), out), nprocs=2, join=True)
+    torch.manual_seed(0)
+    full, w = torch.randn(6, 3, 4, dtype=torch.float64), torch.randn(6, 3, 4, dtype=torch.float64)
+    bn = torch.nn.BatchNorm1d(3).double()
+    x = full.clone().requires_grad_(True)
+    (bn(x) * w).sum().backward()                # one process, the global batch
+    assert out[0]["uneven"] == (0, 1, 2) and out[1]["uneven"] == (3, 4)
+    for rank in (0, 1):
+        r = out[rank]
+        lo, hi = r["rows"]
+        assert r["type"] == "GlobalBatchNorm" and (lo, hi) == ((0, 3) if rank == 0 else (3, 6))
+        torch.testing.assert_close(r["grad"], x.grad[lo:hi])
+        torch.testing.assert_close(r["running_var"], bn.running_var)
+        assert r["saved"].tolist() == [3] and r["live"].tolist() == [rank + 1]   # the module is untouched
+    torch.testing.assert_close(out[0]["bn_weight_grad"] + out[1]["bn_weight_grad"], bn.weight.grad)

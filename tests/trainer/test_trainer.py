@@ -203,8 +203,8 @@ def test_stages_freeze_and_stage_two_starts_from_stage_one(make_recipe, tmp_path
     seen = {}
 
     def record(trainer):
-        c = trainer.ctx
-        seen.setdefault(c["name"], []).append({k: v.clone() for k, v in c["raw"].state_dict().items()})
+        s = trainer.state
+        seen.setdefault(s.name, []).append({k: v.clone() for k, v in s.model.state_dict().items()})
 
     torch.manual_seed(0)
     init = registry_build("model", recipe.model).state_dict()
@@ -220,7 +220,7 @@ def test_stages_freeze_and_stage_two_starts_from_stage_one(make_recipe, tmp_path
 
 
 def test_a_loss_keeps_its_state_into_the_next_stage_when_label_and_shapes_match():
-    from fusedembed.trainer.loop import LossTerm, carry_loss_state, loss_states
+    from fusedembed.trainer.losses import LossTerm, carry_loss_state, loss_states
 
     def terms(*labels):
         return [LossTerm(label, 1.0, {}, frozenset()) for label in labels]
@@ -275,10 +275,29 @@ def test_truncated_and_foreign_checkpoints_give_clear_errors(make_recipe, tmp_pa
         load_checkpoint(tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
-    other = make_recipe(model={"name": "image_embedding", "num_classes": 57, "embed_dim": 4,
-                               "backbone": {"name": "tiny_cnn", "width": 4, "depth": 2}})
-    with pytest.raises(CheckpointError, match="(?s)does not fit this recipe.*size mismatch for proj.weight"):
-        Trainer(other, tmp_path / "y", resume=tmp_path / "run" / "last.pt").fit()
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty.pt' is empty"):
+        Trainer(recipe, tmp_path / "x", resume=tmp_path / "empty.pt")
+    old = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    torch.save({**old, "version": 1}, tmp_path / "v1.pt")
+    with pytest.raises(CheckpointError, match="v1.pt': checkpoint version 1 cannot be resumed"):
+        Trainer(recipe, tmp_path / "x", resume=tmp_path / "v1.pt")
+    assert torch.equal(load_checkpoint(tmp_path / "v1.pt")["model"]["proj.weight"], old["model"]["proj.weight"])
+
+
+def test_resume_refuses_a_changed_seed_batch_size_or_recipe_naming_the_change(make_recipe, tmp_path):
+    recipe = make_recipe(trainer={"max_steps": 1})
+    train(recipe, tmp_path / "run", out=lambda _: None)
+    last = tmp_path / "run" / "last.pt"
+    for change, message in [
+            ({"trainer": {"max_steps": 1, "seed": 5}}, "trainer.seed: 0 -> 5"),
+            ({"trainer": {"max_steps": 1, "batch_size": 16}}, "trainer.batch_size: 8 -> 16"),
+            ({"model": {"name": "image_embedding", "num_classes": 57, "embed_dim": 4,
+                        "backbone": {"name": "tiny_cnn", "width": 4, "depth": 2}}}, "model.embed_dim: 8 -> 4")]:
+        with pytest.raises(CheckpointError, match=f"cannot resume: the recipe differs .* in {message}"):
+            Trainer(make_recipe(**change), tmp_path / "run", resume=last)
+    # where it stops, how often it logs and the device may change
+    Trainer(make_recipe(trainer={"max_steps": 2, "log_every": 1, "device": "cpu"}), tmp_path / "run", resume=last)
 
 
 def test_cli_train_eval_export(make_recipe, dump_recipe, tmp_path, capsys):
@@ -316,3 +335,38 @@ def test_ddp_two_gloo_processes_match_one_process(make_recipe, dump_recipe, tmp_
     assert diff == 0.0                                     # ranks identical after training
     ddp_loss = [r["loss"] for r in rows(tmp_path / "ddp")]
     assert ddp_loss == pytest.approx([r["loss"] for r in rows(tmp_path / "single")], abs=1e-5)
+
+
+def test_a_plugin_hook_from_the_recipe_sees_steps_losses_and_evaluations(make_recipe, tmp_path):
+    from fusedembed.testing import plugin_manager
+    from fusedembed.trainer import Hook
+
+    made = []
+
+    class Recorder(Hook):
+        def __init__(self, every: int = 1):
+            self.every, self.events = every, []
+
+        def after_step(self):
+            if self.trainer.state.step % self.every == 0:
+                self.events.append(("step", self.trainer.global_step))
+
+        def on_losses(self, steps, values):
+            self.events.append(("losses", tuple(steps), values.shape[1]))
+
+        def on_eval(self, metrics):
+            self.events.append(("eval", sorted(metrics)))
+
+    def factory(every: int = 1):
+        made.append(Recorder(every))
+        return made[-1]
+
+    regs = plugin_manager().registries
+    regs["hook"].add("recorder", factory, plugin="test")
+    with regs.active():
+        train(make_recipe(trainer={"epochs": 1, "log_every": 2, "hooks": [{"name": "recorder", "every": 2}]}),
+              tmp_path, out=lambda _: None)
+    (hook,) = made
+    # the built-in logger flushes before plugin hooks see the step; [total, bce] per step
+    assert hook.events[:4] == [("losses", (1, 2), 2), ("step", 2), ("losses", (3, 4), 2), ("step", 4)]
+    assert len(hook.events) == 5 and hook.events[4][0] == "eval" and "map" in hook.events[4][1]

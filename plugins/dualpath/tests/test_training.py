@@ -14,10 +14,10 @@ def run(tiny_recipe, installed_registries, tmp_path_factory):
     seen = {}
 
     def record(trainer):
-        c = trainer.ctx
-        seen.setdefault(c["name"], []).append(
-            {"model": {k: v.clone() for k, v in c["raw"].state_dict().items() if k.startswith("image.backbone.")},
-             "classifier": c["losses"][-1].weight.detach().clone()})
+        s = trainer.state
+        seen.setdefault(s.name, []).append(
+            {"model": {k: v.clone() for k, v in s.model.state_dict().items() if k.startswith("image.backbone.")},
+             "classifier": s.losses[-1].weight.detach().clone()})
 
     with installed_registries.active():
         recipe = tiny_recipe()

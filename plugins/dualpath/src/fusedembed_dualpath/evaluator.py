@@ -14,8 +14,9 @@ in the top K, the protocol of Li et al. that the dual-path paper reports).
 from typing import Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
+from fusedembed.distributed import gather_batch, shard_range
 from fusedembed.metrics import coco_retrieval, instance_map, retrieval_metrics
 from fusedembed.metrics.retrieval import recall_summary, retrieval_ranks
 
@@ -23,7 +24,9 @@ PROTOCOLS = ("standard", "coco", "identity")
 
 
 def _loader(dataset, like: DataLoader) -> DataLoader:
-    return DataLoader(dataset, batch_size=like.batch_size, shuffle=False, collate_fn=like.collate_fn,
+    # under DDP this rank's shard; encode gathers the shards back in order
+    shard = Subset(dataset, shard_range(len(dataset)))
+    return DataLoader(shard, batch_size=like.batch_size, shuffle=False, collate_fn=like.collate_fn,
                       num_workers=like.num_workers)
 
 
@@ -44,7 +47,7 @@ def encode(model, loader: DataLoader, *, device) -> tuple:
                  ["text_embedding"].float().cpu() for b in _loader(dataset.with_view("text"), loader)]
     finally:
         model.train(was_training)
-    return torch.cat(images), torch.cat(texts), dataset.caption_to_image.clone()
+    return gather_batch(torch.cat(images)), gather_batch(torch.cat(texts)), dataset.caption_to_image.clone()
 
 
 def authors_figures(img, txt, txt_to_img, ks=(1, 5, 10), ties: str = "pessimistic", image_labels=None) -> dict:
@@ -75,6 +78,8 @@ class RetrievalEvaluator:
         which ``*_medr_authors`` always gives).
       ties: "pessimistic" or "optimistic" (see fusedembed.metrics).
     """
+
+    distributed = True      # under DDP every rank encodes its shard (encode gathers)
 
     def __init__(self, protocol: str = "standard", ks: Sequence[int] = (1, 5, 10), median: str = "floor",
                  ties: str = "pessimistic", folds: int = 5):

@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fusedembed.distributed import all_gather_with_grad, gather_batch
+
 REDUCTIONS = ("sum", "mean")
 
 
@@ -222,7 +224,10 @@ class BidirRankingLoss(nn.Module):
         if img.shape != txt.shape:
             raise ValueError(f"bidir_ranking: image and text embeddings must have one shape, got "
                              f"{tuple(img.shape)} and {tuple(txt.shape)}")
-        ids = (instance.to(img.device).long() if instance is not None
+        # Under DDP the negatives come from the global batch: every rank computes the loss of
+        # all of it, as one process would, and the gradients flow back to each row's rank.
+        img, txt = all_gather_with_grad(img), all_gather_with_grad(txt)
+        ids = (gather_batch(instance.to(img.device).long()) if instance is not None
                else torch.arange(len(img), device=img.device))
         pos = (img * txt).sum(1)
         if self.negatives == "candidates":

@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from fusedembed.distributed import gather_batch
+
 
 class ConvNet(nn.Module):
     """Two conv-BN-ReLU layers and average pooling: images (B, 3, H, W) -> (B, out_dim)."""
@@ -34,8 +36,8 @@ class CenterLoss(nn.Module):
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.long))
 
     def forward(self, embedding: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            self.seen += torch.bincount(label, minlength=self.seen.numel())
+        if self.training:   # counts the global batch, so every DDP rank holds the same state
+            self.seen += torch.bincount(gather_batch(label), minlength=self.seen.numel())
         return (embedding - self.centers[label]).pow(2).sum(dim=1).mean() / 2
 
 
