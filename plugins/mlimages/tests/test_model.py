@@ -108,7 +108,7 @@ def test_a_trained_model_is_the_image_backbone_of_a_dual_path_recipe(registries,
     dual = registries.build("model", {"name": "dualpath/dualpath", "dim": 16, "max_len": 8,
                                       "image_backbone": backbone,
                                       "text_backbone": {"name": "dualpath/textcnn", "vocab_size": 30, "max_len": 8,
-                                                        "word_dim": 8, "widths": [8, 16], "blocks": [1, 1],
+                                                        "word_dim": 8, "widths": [8, 16], "first_mids": None, "blocks": [1, 1],
                                                         "strides": [1, 2], "fc_dim": 16}})
     loaded = dict(dual.named_parameters())
     name = next(k for k in loaded if k.endswith("backbone.layer3.0.conv2.weight"))
