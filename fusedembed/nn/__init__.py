@@ -2,5 +2,6 @@
 
 from .alignment import Alignment, ViterbiAligner
 from .gem import GeM
+from .modes import eval_mode
 
-__all__ = ["GeM", "ViterbiAligner", "Alignment"]
+__all__ = ["GeM", "ViterbiAligner", "Alignment", "eval_mode"]

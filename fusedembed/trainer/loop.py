@@ -10,6 +10,7 @@ reach the host once per flush (every ``log_every`` steps, before each checkpoint
 
 import contextlib
 import math
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -78,6 +79,12 @@ class Trainer:
         self.main = self.world.is_main
         self.progress = Progress(self.main, out)
         r = self.resume_state
+        if r is not None and self.device.type == "cpu" and r.get("threads", torch.get_num_threads()) \
+                != torch.get_num_threads():
+            # CPU kernels split their reductions by thread: another count sums in another order
+            warnings.warn(f"{resume}: written with {r['threads']} intra-op threads, resumed with "
+                          f"{torch.get_num_threads()}: the run continues, but not bit-identical to an "
+                          f"uninterrupted one (set OMP_NUM_THREADS={r['threads']} for that)", stacklevel=2)
         self.best = dict(r["best"]) if r else {"value": None, "step": None}
         self.global_step = int(r.get("global_step", 0)) if r else 0
         self.last_eval: Dict[str, float] = {}
@@ -179,7 +186,8 @@ class Trainer:
 
     def checkpoint_state(self) -> dict:
         return {**self.state.state_dict(), "global_step": self.global_step, "rng": rng_state(),
-                "best": dict(self.best), "config": to_dict(self.recipe), "world_size": self.world.size}
+                "best": dict(self.best), "config": to_dict(self.recipe), "world_size": self.world.size,
+                "threads": torch.get_num_threads()}
 
     # -- one stage ---------------------------------------------------------------------------
     def _build_stage(self, si: int, name: str, recipe: Recipe, prev) -> None:

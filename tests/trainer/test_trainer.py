@@ -3,6 +3,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -298,6 +299,21 @@ def test_resume_refuses_a_changed_seed_batch_size_or_recipe_naming_the_change(ma
             Trainer(make_recipe(**change), tmp_path / "run", resume=last)
     # where it stops, how often it logs and the device may change
     Trainer(make_recipe(trainer={"max_steps": 2, "log_every": 1, "device": "cpu"}), tmp_path / "run", resume=last)
+
+
+def test_resume_on_another_cpu_thread_count_warns_that_it_is_not_bit_identical(make_recipe, tmp_path):
+    recipe = make_recipe(trainer={"max_steps": 1})
+    train(recipe, tmp_path / "run", out=lambda _: None)
+    last = tmp_path / "run" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    assert state["threads"] == torch.get_num_threads()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(make_recipe(trainer={"max_steps": 2}), tmp_path / "run", resume=last)   # same count: silent
+    torch.save({**state, "threads": torch.get_num_threads() + 1}, last)
+    with pytest.warns(UserWarning, match=f"written with {torch.get_num_threads() + 1} intra-op threads, resumed "
+                      f"with {torch.get_num_threads()}: .* not bit-identical .* OMP_NUM_THREADS="):
+        Trainer(make_recipe(trainer={"max_steps": 2}), tmp_path / "run", resume=last)
 
 
 def test_cli_train_eval_export(make_recipe, dump_recipe, tmp_path, capsys):

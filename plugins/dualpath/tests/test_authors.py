@@ -184,8 +184,10 @@ def test_model_mines_the_hardest_candidate_caption_with_the_current_model(regist
     candidate_instance = torch.tensor([[0, 5, 6], [7, 1, 8], [9, 10, 11], [12, 13, 14]])
     flat, flat_ids = candidates.flatten(0, 1), candidate_instance.flatten()
     torch.manual_seed(1)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    bns[0].eval()                                            # as trainer.bn_eval leaves it
     mined, mined_ids = model.hardest_candidates(images[:2], instance[:2], flat, flat_ids)
-    assert model.training                                    # back in training mode
+    assert model.training and [m.training for m in bns] == [False] + [True] * (len(bns) - 1)
     model.eval()
     with torch.no_grad():
         q = torch.nn.functional.normalize(model.image.features(images[:2])[1], dim=1)

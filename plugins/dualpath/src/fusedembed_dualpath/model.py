@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusedembed import build, spec
+from fusedembed.nn import eval_mode
 
 from .image_branch import ImageBranch
 from .shift import all_placements, fit_lengths, place, random_offsets
@@ -111,15 +112,11 @@ class DualPath(nn.Module):
     def hardest_candidates(self, images: torch.Tensor, instance: torch.Tensor, candidates: torch.Tensor,
                            candidate_instance: torch.Tensor) -> tuple:
         """``(tokens (n, T), instance (n,))``: the hardest candidate caption of each image."""
-        was_training = self.training
-        self.eval()                                    # the authors mine with net.mode = 'test'
-        try:
+        with eval_mode(self):                          # the authors mine with net.mode = 'test'
             q = F.normalize(self.image.features(images)[1].float(), dim=1)
             lengths = fit_lengths(candidates, None, self.max_len)
             placed = place(candidates, lengths, random_offsets(lengths, self.max_len), self.max_len)
             c = F.normalize(self.text.features(placed)[1].float(), dim=1)
-        finally:
-            self.train(was_training)
         scores = (q @ c.T).masked_fill(instance[:, None] == candidate_instance[None], float("-inf"))
         pick = scores.argmax(1)
         return candidates[pick], candidate_instance[pick]
