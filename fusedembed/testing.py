@@ -6,7 +6,9 @@
   FUSEDEMBED_NO_EXTENSION=1) and ``slow``;
 - fixtures ``registries`` (the installed plugins' registries, made active for the test;
   ``installed_registries`` for wider fixtures) and ``scenes_root`` (one cache folder of
-  generated scenes data for the whole session).
+  generated scenes data for the whole session);
+- ``assert_resumes_exactly`` (a training killed with SIGKILL, resumed, against an
+  uninterrupted one) and ``assert_bit_identical`` for a plugin's resume tests.
 """
 
 import pytest
@@ -73,6 +75,92 @@ def pytorch_crf_decode(emissions, mask, transitions, start, end):
 
 
 # -- pytest plugin ---------------------------------------------------------------------------
+
+# Trains the recipe file argv[1] into argv[2] and SIGKILLs itself right after global step argv[3]:
+# no handler runs, nothing is written on the way out.
+_KILLED_CHILD = """
+import os, signal, sys
+from fusedembed import load_recipe
+from fusedembed.trainer import train
+
+def on_step(trainer):
+    if trainer.global_step == int(sys.argv[3]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train(load_recipe(sys.argv[1]), sys.argv[2], out=lambda _: None, on_step=on_step)
+"""
+
+
+def train_killed_at(recipe, run_dir, step: int, timeout_s: float = 300) -> None:
+    """Trains ``recipe`` into ``run_dir`` in a subprocess that is SIGKILLed after global step
+    ``step``. The child gets this process's ``sys.path`` and intra-op thread count (CPU
+    reductions sum in a thread-count-dependent order)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from .config import to_dict
+
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    path = run_dir.parent / f"{run_dir.name}.recipe.yaml"
+    path.write_text(yaml.safe_dump(to_dict(recipe)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    done = subprocess.run([sys.executable, "-c", _KILLED_CHILD, str(path), str(run_dir), str(step)],
+                          env=env, capture_output=True, text=True, timeout=timeout_s)
+    assert done.returncode == -signal.SIGKILL, f"the child was not killed at step {step}: " + done.stderr[-3000:]
+
+
+def assert_bit_identical(a, b, where: str = "") -> None:
+    """``a == b`` through nested dicts/lists/tuples, tensors compared bit for bit (and dtype)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_bit_identical(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_bit_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def assert_resumes_exactly(recipe, tmp_path, kill_at: int) -> dict:
+    """Kills a training of ``recipe`` after global step ``kill_at``, resumes it from its
+    ``last.pt`` and trains it once uninterrupted: asserts the two end states (weights, loss
+    state, optimizers, schedule, RNGs) are bit-identical and the logged losses equal, with no
+    step logged twice. Returns ``{"cut", "full", "resumed"}`` checkpoints (``cut``: the one the
+    resume started from) for further checks. The recipe must checkpoint before ``kill_at``."""
+    import json
+
+    from .trainer import train
+
+    def loss_rows(run_dir):
+        rows = (json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines())
+        return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+    cut_dir = tmp_path / "cut"
+    train_killed_at(recipe, cut_dir, kill_at)
+    cut = torch.load(cut_dir / "last.pt", weights_only=True)
+    assert max(step for step, _ in loss_rows(cut_dir)) <= kill_at
+    train(recipe, cut_dir, resume=cut_dir / "last.pt", out=lambda _: None)
+    train(recipe, tmp_path / "full", out=lambda _: None)
+    full, resumed = (torch.load(d / "last.pt", weights_only=True) for d in (tmp_path / "full", cut_dir))
+    assert resumed["global_step"] == full["global_step"] > kill_at
+    for key in ("model", "losses", "optimizers", "schedule", "rng"):
+        assert_bit_identical(full[key], resumed[key], key)
+    steps = [step for step, _ in loss_rows(cut_dir)]
+    assert steps == sorted(set(steps)), "a step was logged twice"
+    assert loss_rows(cut_dir) == loss_rows(tmp_path / "full")
+    return {"cut": cut, "full": full, "resumed": resumed}
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped when none is visible); "
