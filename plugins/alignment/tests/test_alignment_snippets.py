@@ -89,12 +89,18 @@ def test_a_failure_part_way_leaves_no_file(run, tmp_path, monkeypatch):
     (["nowhere/last.pt"], "RUN_DIR_OR_CHECKPOINT: expected a checkpoint (runs/x/best.pt), a run directory "
                           "holding best.pt or last.pt, or an exported folder (model.safetensors + config.yaml); "
                           "got 'nowhere/last.pt', which does not exist"),
+    (["EMPTY"], "RUN_DIR_OR_CHECKPOINT: expected a checkpoint (runs/x/best.pt), a run directory holding best.pt "
+                "or last.pt, or an exported folder (model.safetensors + config.yaml); got the folder 'EMPTY', "
+                "which holds none of them"),
     (["RUN", "--split", "test"], "--split: expected a split the recipe has data for (train, val), got 'test'"),
     (["RUN", "model.hidden=8"], "override 'model.hidden=8': expected data.* or trainer.* (the model is the "
                                 "checkpoint's)"),
 ])
 def test_a_bad_argument_is_refused_in_one_line(run, tmp_path, args, message):
-    args = [str(run[0]) if a == "RUN" else a for a in args]
+    (tmp_path / "empty").mkdir()
+    names = {"RUN": str(run[0]), "EMPTY": str(tmp_path / "empty")}
+    args = [names.get(a, a) for a in args]
+    message = message.replace("'EMPTY'", repr(names["EMPTY"]))
     with pytest.raises(SystemExit) as exit_:
         main(["snippets", *args, "--out", str(tmp_path / "s.jsonl"), "--device", "cpu"])
     assert str(exit_.value.code) == message and "\n" not in message

@@ -126,10 +126,19 @@ def split_snippets_command(args) -> int:
 
     try:
         embedder = load_embedder(checkpoint_of(args.model), device=args.device)
+    except ModelError as err:
+        raise SystemExit(f"RUN_DIR_OR_CHECKPOINT: {err}") from None
+    if not hasattr(embedder.model, "encode_regions"):
+        raise SystemExit(f"RUN_DIR_OR_CHECKPOINT: expected an alignment/alignment model, got "
+                         f"{embedder.stage_recipe.model.get('name')!r} ({args.model})")
+    try:
         recipe = split_recipe(embedder, args.split, args.overrides)
+    except RecipeError as err:
+        raise SystemExit(f"OVERRIDES: {err}") from None
+    try:
         dataset = build("dataset", getattr(recipe.data, args.split), split=args.split)
-    except (ModelError, RecipeError, DataError, FileNotFoundError) as err:
-        raise SystemExit(f"snippets: {err}") from None
+    except (DataError, FileNotFoundError) as err:
+        raise SystemExit(f"--split {args.split}: the recipe's data.{args.split} does not build: {err}") from None
     if not hasattr(dataset, "boxes") or not hasattr(dataset, "captions_of"):
         raise SystemExit(f"--split {args.split}: expected a caption dataset with boxes (scenes, "
                          f"alignment/karpathy_boxes), got {type(dataset).__name__}")
