@@ -195,7 +195,8 @@ def main(argv=None) -> int:
     a.add_argument("--out", help="write the picture here (PNG)")
     a.add_argument("--device", default=None)
     sn = sub.add_parser("snippets", help="snippets of every image x caption of a split, for region_snippets")
-    sn.add_argument("model", metavar="RUN_DIR_OR_CHECKPOINT")
+    sn.add_argument("model", metavar="RUN_DIR_OR_CHECKPOINT",
+                    help="a run directory (its best.pt, else last.pt), a checkpoint or an exported folder")
     sn.add_argument("overrides", metavar="OVERRIDES", nargs="*", help="data.* / trainer.* key=value")
     sn.add_argument("--out", required=True, help="the JSONL to write")
     sn.add_argument("--split", default="train", help="the recipe's split to decode (default train)")
