@@ -71,6 +71,8 @@ def test_karpathy_boxes_scales_and_orders_boxes(tmp_path):
     # best score first, scaled from 40x20 to 10x10
     torch.testing.assert_close(item["boxes"], torch.tensor([[5.0, 5, 10, 10], [0, 0, 5, 5]]))
     assert ds[1]["boxes"].shape == (0, 4)
+    # boxes(i): in the image file's pixels, as the region generator crops them
+    torch.testing.assert_close(ds.boxes(0), torch.tensor([[20.0, 10, 40, 20], [0, 0, 20, 10]]))
     assert ds.with_view("text")[0].keys() >= {"tokens"} and "boxes" not in ds.with_view("text")[0]
     assert ds.vocab.decode(item["tokens"].tolist()) == ["a", "red", "dog"]   # lower-cased
     np.savez(tmp_path / "dets.npz", **{"im0.png": np.zeros((0, 4)), "im1.png": np.ones((1, 4))})

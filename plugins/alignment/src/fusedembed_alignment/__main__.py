@@ -2,6 +2,8 @@
 
     python -m fusedembed_alignment align MODEL --image FILE --boxes "x0,y0,x1,y1;..." \\
         --sentence "a red circle left of a blue square" [--beta 2] [--out snippets.png]
+    python -m fusedembed_alignment snippets RUN_DIR_OR_CHECKPOINT --out snippets.jsonl [--split train]
+        [--beta 2] [data.train.num_images=2000 ...]
     python -m fusedembed_alignment vocab DATASET_JSON OUT [--min-count 5]
 
 ``align``: a trained model (checkpoint or exported folder) aligns the sentence's words to the
@@ -9,6 +11,12 @@ image's regions (the whole image + the boxes, in pixels of the image file; or ``
 a detections file as ``alignment/karpathy_boxes`` reads, with ``--boxes-key`` the entry to use)
 and prints the snippets: each run of words on one region, with its box and score; ``--out``
 writes the picture with each box labelled by its snippet.
+``snippets``: the trained model (a run directory stands for its best.pt, else last.pt) decodes
+every image of the recipe's ``--split`` with each of its own captions, batched on the model's
+device, and writes the snippets on boxes as ``alignment/region_snippets`` reads them: JSONL
+``{"image": i, "box": [x0, y0, x1, y1], "snippet": "..."}``, image i of that split, the box in
+pixels of its image file. Overrides of ``data.*`` and ``trainer.*`` (batch size, workers) apply
+to the checkpoint's recipe; the model is the checkpoint's.
 ``vocab``: writes the vocabulary of a Karpathy split JSON's training captions (words seen
 ``--min-count`` times, lower-cased) for the ``vocab_path`` of the recipes.
 """
@@ -75,6 +83,86 @@ def align(args) -> int:
     return 0
 
 
+SPLITS = ("train", "val", "test")
+
+
+def checkpoint_of(path: str) -> Path:
+    """RUN_DIR_OR_CHECKPOINT as load_embedder takes it: a run directory is its best.pt, else last.pt."""
+    p = Path(path).expanduser()
+    expected = ("expected a checkpoint (runs/x/best.pt), a run directory holding best.pt or last.pt, "
+                "or an exported folder (model.safetensors + config.yaml)")
+    if not p.exists():
+        raise SystemExit(f"RUN_DIR_OR_CHECKPOINT: {expected}; got {path!r}, which does not exist")
+    if p.is_dir() and not (p / "model.safetensors").is_file():
+        found = [p / n for n in ("best.pt", "last.pt") if (p / n).is_file()]
+        if not found:
+            raise SystemExit(f"RUN_DIR_OR_CHECKPOINT: {expected}; got the folder {path!r}, which holds none of them")
+        return found[0]
+    return p
+
+
+def split_recipe(embedder, split: str, overrides):
+    """The checkpoint's recipe with the data/trainer overrides, checked to have ``split``."""
+    from fusedembed.config import apply_overrides, to_dict, validate
+
+    wrong = [o for o in overrides if not o.startswith(("data.", "trainer."))]
+    if wrong:
+        raise SystemExit(f"override {wrong[0]!r}: expected data.* or trainer.* (the model is the checkpoint's)")
+    recipe = validate(apply_overrides(to_dict(embedder.stage_recipe), overrides), check=True,
+                      source=embedder.source)
+    have = [s for s in SPLITS if getattr(recipe.data, s) is not None]
+    if split not in have:
+        raise SystemExit(f"--split: expected a split the recipe has data for ({', '.join(have)}), got {split!r}")
+    return recipe
+
+
+def split_snippets_command(args) -> int:
+    from fusedembed import build
+    from fusedembed.config import RecipeError
+    from fusedembed.data import DataError
+    from fusedembed.inference import ModelError, load_embedder
+
+    from .align import region_records, split_snippets, write_jsonl
+
+    try:
+        embedder = load_embedder(checkpoint_of(args.model), device=args.device)
+    except ModelError as err:
+        raise SystemExit(f"RUN_DIR_OR_CHECKPOINT: {err}") from None
+    if not hasattr(embedder.model, "encode_regions"):
+        raise SystemExit(f"RUN_DIR_OR_CHECKPOINT: expected an alignment/alignment model, got "
+                         f"{embedder.stage_recipe.model.get('name')!r} ({args.model})")
+    try:
+        recipe = split_recipe(embedder, args.split, args.overrides)
+    except RecipeError as err:
+        raise SystemExit(f"OVERRIDES: {err}") from None
+    try:
+        dataset = build("dataset", getattr(recipe.data, args.split), split=args.split)
+    except (DataError, FileNotFoundError) as err:
+        raise SystemExit(f"--split {args.split}: the recipe's data.{args.split} does not build: {err}") from None
+    if not hasattr(dataset, "boxes") or not hasattr(dataset, "captions_of"):
+        raise SystemExit(f"--split {args.split}: expected a caption dataset with boxes (scenes, "
+                         f"alignment/karpathy_boxes), got {type(dataset).__name__}")
+    cfg = recipe.trainer
+    pairs = split_snippets(embedder.model, dataset, args.beta, device=embedder.device,
+                           batch_size=cfg.eval_batch_size or cfg.batch_size, workers=cfg.workers,
+                           progress=False if args.no_progress else None)
+    left_out = 0
+
+    def records():
+        nonlocal left_out
+        for image, runs in pairs:
+            recs, dropped = region_records(image, runs, dataset.boxes(image))
+            left_out += dropped
+            yield from recs
+
+    count = write_jsonl(args.out, records())
+    print(f"wrote {args.out}: {count} snippets on boxes of the {dataset.num_images} {args.split} images "
+          f"x their {dataset.num_captions} captions (beta {args.beta:g}; {left_out} on the whole image or a "
+          f"box without area left out); train the region generator with data.train.snippets={args.out} "
+          f"and this split's dataset as its base")
+    return 0
+
+
 def vocab(args) -> int:
     from fusedembed.data import Vocab, read_text, tokenize
 
@@ -106,12 +194,28 @@ def main(argv=None) -> int:
     a.add_argument("--beta", type=float, default=2.0, help="reward for consecutive words on one region")
     a.add_argument("--out", help="write the picture here (PNG)")
     a.add_argument("--device", default=None)
+    sn = sub.add_parser("snippets", help="snippets of every image x caption of a split, for region_snippets")
+    sn.add_argument("model", metavar="RUN_DIR_OR_CHECKPOINT",
+                    help="a run directory (its best.pt, else last.pt), a checkpoint or an exported folder")
+    sn.add_argument("overrides", metavar="OVERRIDES", nargs="*", help="data.* / trainer.* key=value")
+    sn.add_argument("--out", required=True, help="the JSONL to write")
+    sn.add_argument("--split", default="train", help="the recipe's split to decode (default train)")
+    sn.add_argument("--beta", type=float, default=2.0, help="reward for consecutive words on one region")
+    sn.add_argument("--device", default=None)
+    sn.add_argument("--no-progress", action="store_true", help="no progress bar (default: one at a terminal)")
     v = sub.add_parser("vocab", help="the vocabulary of a Karpathy split JSON's training captions")
     v.add_argument("json")
     v.add_argument("out")
     v.add_argument("--min-count", type=int, default=5)
-    args = p.parse_args(argv)
-    return align(args) if args.command == "align" else vocab(args)
+    # Overrides may follow the options (`snippets RUN --out F data.train.root=D`): argparse
+    # leaves those unparsed, so they are collected here, as the fusedembed command does.
+    args, extra = p.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or args.command != "snippets"]
+    if stray:
+        p.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return {"align": align, "snippets": split_snippets_command, "vocab": vocab}[args.command](args)
 
 
 if __name__ == "__main__":

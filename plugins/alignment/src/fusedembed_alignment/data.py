@@ -80,6 +80,11 @@ class BoxedCaptions(torch.utils.data.Dataset):
     def with_view(self, view: str) -> "BoxedCaptions":
         return BoxedCaptions(self.base.with_view(view), self.detections, self.image_size)
 
+    def boxes(self, i: int) -> torch.Tensor:
+        """(K, 4) boxes of image i in pixels of the image file (as ``scenes`` gives its own): the
+        region generator crops them from the original image."""
+        return torch.from_numpy(self.detections[Path(self.base.paths[i]).name])
+
     @property
     def file_transform(self):
         return self._prepare

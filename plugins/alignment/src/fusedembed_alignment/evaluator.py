@@ -31,6 +31,18 @@ def _pad_cat(parts: list, value=0) -> torch.Tensor:
                       for p in parts])
 
 
+def encode_images(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``regions`` (B, M, h) and ``num_regions`` (B,) of an image batch, on ``device``."""
+    out = model({k: batch[k].to(device) for k in ("image", "boxes", "num_objects") if k in batch})
+    return out["regions"], out["num_regions"]
+
+
+def encode_texts(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``words`` (C, T, h) and ``lengths`` (C,) of a caption batch, on ``device``."""
+    out = model({"tokens": batch["tokens"].to(device), "lengths": batch["lengths"].to(device)})
+    return out["words"], out["lengths"]
+
+
 @torch.no_grad()
 def encode(model, loader: DataLoader, *, device, keep_image=(), keep_text=()) -> dict:
     """``regions`` (N, M, h), ``num_regions`` (N,), ``words`` (C, T, h), ``lengths`` (C,) and
@@ -47,16 +59,16 @@ def encode(model, loader: DataLoader, *, device, keep_image=(), keep_text=()) ->
     kept = {k: [] for k in (*keep_image, *keep_text)}
     try:
         for b in _loader(dataset.with_view("image"), loader):
-            out = model({k: b[k].to(device) for k in ("image", "boxes", "num_objects") if k in b})
-            regions.append(out["regions"].float().cpu())
-            counts.append(out["num_regions"].cpu())
+            v, n = encode_images(model, b, device)
+            regions.append(v.float().cpu())
+            counts.append(n.cpu())
             for k in keep_image:
                 if k in b:
                     kept[k].append(b[k])
         for b in _loader(dataset.with_view("text"), loader):
-            out = model({"tokens": b["tokens"].to(device), "lengths": b["lengths"].to(device)})
-            words.append(out["words"].float().cpu())
-            lengths.append(out["lengths"].cpu())
+            s, n = encode_texts(model, b, device)
+            words.append(s.float().cpu())
+            lengths.append(n.cpu())
             for k in keep_text:
                 if k in b:
                     kept[k].append(b[k])
