@@ -27,31 +27,50 @@ from fusedembed.data import (
 from .word2vec import read_word2vec
 
 TEXT_MODES = ("authors", "ours")
+TEST_IMAGES = ("authors", "square")
+TEST_RESIZES = ("square", "short_side")
+AUTHORS_TEST_SIDE = 256           # their resize_image.m: the images every split is read from
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
 
 
 class ImageTransform:
-    """Float CHW image in [0, 1] → ImageNet-normalised ``size`` × ``size``.
+    """Float CHW image in [0, 1] → ImageNet-normalised image.
 
     Training, as the authors' ``vl_imreadjpeg(..., 'CropSize', [0.8 1], 'CropAnisotropy',
     [3/4 4/3], 'Interpolation', 'bicubic', 'Flip')``: a crop of aspect ratio a, log-uniform in
     ``aspect``, as large as fits in the image times a side fraction s with s² uniform in
     ``crop`` squared; at a random place; resized bicubic to ``size``; mirrored half the time.
-    Test: the whole image resized to ``size`` × ``size``.
+    Test: the whole, uncropped image resized bicubic (MATLAB's ``imresize``) and clipped to
+    [0, 1] (the authors' resized files are 8-bit), to ``test_size`` × ``test_size``
+    (``test_resize: square``) or to short side ``test_size`` with its aspect kept
+    (``short_side``, the long side rounded as in the authors' COCO ``resize_image.m``);
+    ``test_size`` defaults to ``size``.
     """
 
     def __init__(self, size: int = 224, train: bool = False, flip: bool = True, crop=(0.8, 1.0),
-                 aspect=(3 / 4, 4 / 3)):
-        if size < 8:
-            raise ValueError(f"image_size must be >= 8, got {size}")
+                 aspect=(3 / 4, 4 / 3), test_resize: str = "square", test_size: Optional[int] = None):
+        if size < 8 or (test_size is not None and test_size < 8):
+            raise ValueError(f"image_size and the test size must be >= 8, got {size} and {test_size}")
+        if test_resize not in TEST_RESIZES:
+            raise ValueError(f"test_resize must be one of {TEST_RESIZES}, got {test_resize!r}")
         crop, aspect = tuple(float(v) for v in crop), tuple(float(v) for v in aspect)
         if len(crop) != 2 or not 0 < crop[0] <= crop[1] <= 1:
             raise ValueError(f"crop must be [min, max] side fractions with 0 < min <= max <= 1, got {list(crop)}")
         if len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
             raise ValueError(f"aspect must be [min, max] with 0 < min <= max, got {list(aspect)}")
         self.size, self.train, self.flip, self.crop, self.aspect = size, train, flip, crop, aspect
+        self.test_resize, self.test_size = test_resize, test_size or size
+
+    def test_shape(self, height: int, width: int) -> list:
+        """``[height, width]`` of a ``height`` × ``width`` image at test."""
+        s = self.test_size
+        if self.test_resize == "square":
+            return [s, s]
+        if height <= width:
+            return [s, max(1, round(width * s / height))]
+        return [max(1, round(height * s / width)), s]
 
     def crop_box(self, height: int, width: int) -> tuple:
         """``(top, left, crop height, crop width)`` of one random training crop."""
@@ -70,7 +89,8 @@ class ImageTransform:
         from torchvision.transforms.v2 import functional as TF
 
         if not self.train:
-            image = TF.resize(image, [self.size, self.size], antialias=True)
+            image = TF.resize(image, self.test_shape(*image.shape[-2:]), interpolation=InterpolationMode.BICUBIC,
+                              antialias=True).clamp_(0, 1)
         else:
             top, left, h, w = self.crop_box(*image.shape[-2:])
             image = TF.resized_crop(image, top, left, h, w, [self.size, self.size],
@@ -141,6 +161,15 @@ class WithCandidates(torch.utils.data.Dataset):
         return item
 
 
+def test_transform_args(test_images: str, authors_resize: str) -> dict:
+    """:class:`ImageTransform`'s test arguments: the authors' test images (``test_images:
+    authors``: resized by ``authors_resize`` to 256, what their ``resize_image.m`` wrote) or
+    ``image_size`` squares (``square``)."""
+    if test_images not in TEST_IMAGES:
+        raise ValueError(f"test_images must be one of {TEST_IMAGES}, got {test_images!r}")
+    return {"test_resize": authors_resize, "test_size": AUTHORS_TEST_SIDE} if test_images == "authors" else {}
+
+
 def _read_list(path) -> list:
     path = Path(path).expanduser()
     if not path.is_file():
@@ -193,14 +222,16 @@ def _karpathy_factory(train_splits: str, captions_per_image: Optional[int], what
     def factory(split: str, json_path: str, image_root: str, image_size: int = 224, view: str = "image",
                 train_flip: bool = True, min_count: int = 1, split_lists: Optional[Dict[str, str]] = None,
                 vocab_path: Optional[str] = None, skip_bad: bool = False, text: str = "ours",
-                word2vec_path: Optional[str] = None, candidates_per_item: int = 0):
+                word2vec_path: Optional[str] = None, candidates_per_item: int = 0, test_images: str = "square"):
         if candidates_per_item and split == "train":
             data = factory(split, json_path, image_root, image_size, view, train_flip, min_count, split_lists,
-                           vocab_path, skip_bad, text, word2vec_path)
+                           vocab_path, skip_bad, text, word2vec_path, 0, test_images)
             return WithCandidates(data, candidates_per_item)
         if text not in TEXT_MODES:
             raise ValueError(f"text must be one of {TEXT_MODES}, got {text!r}")
-        transform = ImageTransform(image_size, train=split == "train", flip=train_flip)
+        # Flickr30k and COCO: resize_image.m keeps the aspect, short side 256
+        transform = ImageTransform(image_size, train=split == "train", flip=train_flip,
+                                   **test_transform_args(test_images, "short_side"))
         if text == "authors":
             def train_set():
                 if split_lists:
@@ -224,7 +255,8 @@ def _karpathy_factory(train_splits: str, captions_per_image: Optional[int], what
                         transform=transform, skip_bad=skip_bad)
 
     factory.__doc__ = (f"{what} from the Karpathy split JSON (or the authors' split lists), resized and "
-                       f"ImageNet-normalised")
+                       f"ImageNet-normalised; test_images: 'authors' (short side 256, aspect kept, as their "
+                       f"resize_image.m) or 'square' (image_size x image_size)")
     return factory
 
 
@@ -250,12 +282,15 @@ class PedesDataset(ImageCaptionDataset):
 
 def cuhk_pedes(split: str, json_path: str, image_root: str, image_size: int = 224, view: str = "image",
                train_flip: bool = True, min_count: int = 1, vocab_path: Optional[str] = None, text: str = "ours",
-               word2vec_path: Optional[str] = None) -> PedesDataset:
+               word2vec_path: Optional[str] = None, test_images: str = "square") -> PedesDataset:
     """CUHK-PEDES from its ``reid_raw.json`` (identity = class). ``text``: "authors" (their
     split, case kept, dictionary = training words in word2vec, other words dropped) or "ours"
-    (the file's lower-cased ``processed_tokens``, every training word)."""
+    (the file's lower-cased ``processed_tokens``, every training word). ``test_images``:
+    "authors" (256 × 256, as their CUHK-PEDES ``resize_image.m``) or "square" (``image_size``)."""
     if text not in TEXT_MODES:
         raise ValueError(f"text must be one of {TEXT_MODES}, got {text!r}")
+    transform = ImageTransform(image_size, train=split == "train", flip=train_flip,
+                               **test_transform_args(test_images, "square"))
     records = json.loads(read_text(json_path))
     if not isinstance(records, list):
         raise DataError(json_path, None, f"expected a list of records, got {type(records).__name__}")
@@ -284,8 +319,7 @@ def cuhk_pedes(split: str, json_path: str, image_root: str, image_size: int = 22
     ids = sorted({row[5] for row in chosen})
     index = {v: i for i, v in enumerate(ids)}
     return PedesDataset([index[row[5]] for row in chosen], [row[1] for row in chosen], [row[2] for row in chosen],
-                        [row[3] for row in chosen], [row[4] for row in chosen], vocab, view,
-                        ImageTransform(image_size, train=split == "train", flip=train_flip))
+                        [row[3] for row in chosen], [row[4] for row in chosen], vocab, view, transform)
 
 
 def main(argv=None) -> None:

@@ -9,6 +9,10 @@ besides: ``*_map`` (mAP, their trapezoid AP: every caption of the image relevant
 floor of the median); COCO adds the 1K (5 folds) and 5K figures;
 CUHK-PEDES is scored by identity (a text query succeeds when any image of the person ranks
 in the top K, the protocol of Li et al. that the dual-path paper reports).
+
+Images may differ in size (the authors' test images keep their aspect, short side 256): each
+loader batch is split by image size and each size encoded as its own batch, since padding
+to one size would change the features the model sums over space.
 """
 
 from typing import Optional, Sequence
@@ -23,11 +27,36 @@ from fusedembed.metrics.retrieval import recall_summary, retrieval_ranks
 PROTOCOLS = ("standard", "coco", "identity")
 
 
-def _loader(dataset, like: DataLoader) -> DataLoader:
+class BySize:
+    """Collate of image items: ``[(positions in the batch, collated batch)]``, one per image size."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, items: list) -> list:
+        groups = {}
+        for k, item in enumerate(items):
+            groups.setdefault(tuple(item["image"].shape), []).append(k)
+        return [(torch.tensor(ks), self.collate([items[k] for k in ks])) for ks in groups.values()]
+
+
+def _loader(dataset, like: DataLoader, collate=None) -> DataLoader:
     # under DDP this rank's shard; encode gathers the shards back in order
     shard = Subset(dataset, shard_range(len(dataset)))
-    return DataLoader(shard, batch_size=like.batch_size, shuffle=False, collate_fn=like.collate_fn,
+    return DataLoader(shard, batch_size=like.batch_size, shuffle=False, collate_fn=collate or like.collate_fn,
                       num_workers=like.num_workers)
+
+
+def _encode_images(model, loader: DataLoader, device) -> torch.Tensor:
+    """The image embeddings of a :class:`BySize` loader, in the dataset's order."""
+    out = []
+    for groups in loader:
+        parts = [(ks, model({"image": b["image"].to(device)})["image_embedding"].float().cpu()) for ks, b in groups]
+        batch = parts[0][1].new_empty(sum(len(ks) for ks, _ in parts), parts[0][1].shape[1])
+        for ks, emb in parts:
+            batch[ks] = emb
+        out.append(batch)
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -41,13 +70,12 @@ def encode(model, loader: DataLoader, *, device) -> tuple:
     was_training = model.training
     model.eval()
     try:
-        images = [model({"image": b["image"].to(device)})["image_embedding"].float().cpu()
-                  for b in _loader(dataset.with_view("image"), loader)]
+        images = _encode_images(model, _loader(dataset.with_view("image"), loader, BySize(loader.collate_fn)), device)
         texts = [model({"tokens": b["tokens"].to(device), "lengths": b["lengths"].to(device)})
                  ["text_embedding"].float().cpu() for b in _loader(dataset.with_view("text"), loader)]
     finally:
         model.train(was_training)
-    return gather_batch(torch.cat(images)), gather_batch(torch.cat(texts)), dataset.caption_to_image.clone()
+    return gather_batch(images), gather_batch(torch.cat(texts)), dataset.caption_to_image.clone()
 
 
 def authors_figures(img, txt, txt_to_img, ks=(1, 5, 10), ties: str = "pessimistic", image_labels=None) -> dict:

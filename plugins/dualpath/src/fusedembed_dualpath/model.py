@@ -10,7 +10,12 @@ ranking loss compares, as the authors' RankLoss reads ``fc1_1bnx`` / ``fc5_2bnx`
 Eval (``model.eval()``): the feature is ``test_feature`` of each branch, "bn" (the FC's BN
 output before ReLU, the authors' ``fc1_1bn`` / ``fc5_2bn``) or "relu" (after it); the text
 feature is summed over all offsets (``test_shift``), the image feature over the image and its
-mirror (``test_flip``), then L2-normalised.
+mirror (``test_flip``), then L2-normalised. ``test_pool`` reads the image at test: "windows"
+(the authors': the head on every ``test_window`` × ``test_window`` stride-1 average window of
+the last conv map, MatConvNet's ResNet-50 pool5, summed over space; see
+:mod:`.image_branch`) or "global" (the backbone's global pooling, then the head, as in
+training). Either takes images of any size, one size per batch (the retrieval evaluator
+batches its images by size).
 
 Hard negatives (Flickr30k / COCO, ``cnn_train_dag_batchsize_net.m``): a training batch that
 holds ``candidate_tokens`` (B, k, T) and ``candidate_instance`` (B, k) — random captions of
@@ -35,16 +40,18 @@ from torch import nn
 from fusedembed import build, spec
 from fusedembed.nn import eval_mode
 
-from .image_branch import ImageBranch
+from .image_branch import ImageBranch, check_window_backbone
 from .shift import all_placements, fit_lengths, place, random_offsets
 
 TEST_FEATURES = ("bn", "relu")
+TEST_POOLS = ("windows", "global")
 
 
 class DualPath(nn.Module):
     def __init__(self, image_backbone: spec("backbone"), text_backbone: spec("backbone"), dim: int = 2048,
                  dropout: float = 0.5, max_len: int = 32, train_shift: bool = True, test_shift: bool = True,
-                 test_flip: bool = True, test_feature: str = "bn", image_bn_momentum: Optional[float] = None):
+                 test_flip: bool = True, test_feature: str = "bn", image_bn_momentum: Optional[float] = None,
+                 test_pool: str = "global", test_window: int = 7):
         super().__init__()
         if max_len < 1:
             raise ValueError(f"dualpath: max_len must be >= 1, got {max_len}")
@@ -52,7 +59,13 @@ class DualPath(nn.Module):
             raise ValueError(f"dualpath: image_bn_momentum must be in [0, 1] or null, got {image_bn_momentum}")
         if test_feature not in TEST_FEATURES:
             raise ValueError(f"dualpath: test_feature must be one of {TEST_FEATURES}, got {test_feature!r}")
+        if test_pool not in TEST_POOLS:
+            raise ValueError(f"dualpath: test_pool must be one of {TEST_POOLS}, got {test_pool!r}")
+        if test_window < 1:
+            raise ValueError(f"dualpath: test_window must be >= 1, got {test_window}")
         self.image = ImageBranch(image_backbone, dim, dropout)
+        if test_pool == "windows":
+            check_window_backbone(self.image.backbone)
         self.text = build("backbone", text_backbone)
         if not hasattr(self.text, "features"):
             raise TypeError(f"dualpath: the text backbone must give features(tokens) -> (bn, relu) as "
@@ -65,7 +78,7 @@ class DualPath(nn.Module):
             raise ValueError(f"dualpath: max_len ({max_len}) must equal the text backbone's max_len, got {text_len}")
         self.vocab_size = getattr(self.text, "vocab_size", None)
         self.max_len, self.train_shift, self.test_shift, self.test_flip = max_len, train_shift, test_shift, test_flip
-        self.test_feature = test_feature
+        self.test_feature, self.test_pool, self.test_window = test_feature, test_pool, test_window
         if image_bn_momentum is not None:
             for m in self.image.backbone.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -79,13 +92,18 @@ class DualPath(nn.Module):
         """(classifier input after dropout, ranking input before it)."""
         return branch.dropout(parts[1]), parts[1]
 
+    def _image_test_parts(self, images: torch.Tensor) -> tuple:
+        if self.test_pool == "windows":
+            return self.image.window_features(images, self.test_window)
+        return self.image.features(images)
+
     def encode_image(self, images: torch.Tensor):
         """Training: ``(features, pre-dropout features)``; eval: the test feature."""
         if self.training:
             return self._train(self.image, self.image.features(images))
         if not self.test_flip:
-            return self._test(self.image.features(images))
-        both = self._test(self.image.features(torch.cat([images, images.flip(-1)])))   # one pass, both views
+            return self._test(self._image_test_parts(images))
+        both = self._test(self._image_test_parts(torch.cat([images, images.flip(-1)])))  # one pass, both views
         return both[:len(images)] + both[len(images):]
 
     def encode_text(self, tokens: torch.Tensor, lengths=None):
