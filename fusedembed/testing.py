@@ -7,6 +7,7 @@
 - fixtures ``registries`` (the installed plugins' registries, made active for the test;
   ``installed_registries`` for wider fixtures) and ``scenes_root`` (one cache folder of
   generated scenes data for the whole session);
+- ``on_two_gloo_ranks`` (a function run on two CPU processes in a gloo group);
 - ``assert_resumes_exactly`` (a training killed with SIGKILL, resumed, against an
   uninterrupted one) and ``assert_bit_identical`` for a plugin's resume tests.
 """
@@ -75,6 +76,32 @@ def pytorch_crf_decode(emissions, mask, transitions, start, end):
 
 
 # -- pytest plugin ---------------------------------------------------------------------------
+
+def _gloo_rank(rank: int, port: int, fn, args: tuple, out) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        out[rank] = fn(rank, *args)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def on_two_gloo_ranks(fn, *args) -> dict:
+    """``{rank: fn(rank, *args)}`` of two CPU processes joined in a gloo process group, for
+    tests of collectives; ``fn`` must be importable by name (it is pickled to the processes)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:                      # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_gloo_rank, args=(port, fn, args, out), nprocs=2, join=True)
+    return dict(out)
+
 
 # Trains the recipe file argv[1] into argv[2] and SIGKILLs itself right after global step argv[3]:
 # no handler runs, nothing is written on the way out.

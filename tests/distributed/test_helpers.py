@@ -1,50 +1,35 @@
 """fusedembed.distributed on two gloo processes: the global batch, its gradient, reduced state."""
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from fusedembed import distributed as D
+from fusedembed.testing import on_two_gloo_ranks
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        torch.manual_seed(0)
-        full = torch.randn(5, 3, dtype=torch.float64)
-        rows = slice(0, 2) if rank == 0 else slice(2, 5)        # unequal shares
-        x = full[rows].clone().requires_grad_(True)
-        g = D.all_gather_with_grad(x)
-        # A loss that mixes every row with every other, as in-batch negatives do; each rank
-        # computes it on the global batch and the per-rank losses are summed, as DDP averages.
-        (g @ g.T).square().sum().div(2).backward()
-        labels = D.gather_batch(torch.arange(rows.start, rows.stop))
-        module = torch.nn.Module()
-        module.register_buffer("seen", torch.tensor([1, rank]))
-        module.register_buffer("mean", torch.tensor([float(rank)]))
-        module.register_buffer("shared", torch.tensor([7]))      # equal everywhere: kept
-        D.reduce_state_(module)
-        out[rank] = {"gathered": g.detach(), "grad": x.grad, "labels": labels,
-                     "state": {k: v.clone() for k, v in module.state_dict().items()},
-                     "world": D.world()}
-    finally:
-        torch.distributed.destroy_process_group()
+def _worker(rank):
+    torch.manual_seed(0)
+    full = torch.randn(5, 3, dtype=torch.float64)
+    rows = slice(0, 2) if rank == 0 else slice(2, 5)        # unequal shares
+    x = full[rows].clone().requires_grad_(True)
+    g = D.all_gather_with_grad(x)
+    # A loss that mixes every row with every other, as in-batch negatives do; each rank
+    # computes it on the global batch and the per-rank losses are summed, as DDP averages.
+    (g @ g.T).square().sum().div(2).backward()
+    labels = D.gather_batch(torch.arange(rows.start, rows.stop))
+    module = torch.nn.Module()
+    module.register_buffer("seen", torch.tensor([1, rank]))
+    module.register_buffer("mean", torch.tensor([float(rank)]))
+    module.register_buffer("shared", torch.tensor([7]))      # equal everywhere: kept
+    D.reduce_state_(module)
+    return {"gathered": g.detach(), "grad": x.grad, "labels": labels,
+                 "state": {k: v.clone() for k, v in module.state_dict().items()},
+                 "world": D.world()}
 
 
 @pytest.mark.slow
 def test_two_ranks_see_the_global_batch_and_train_like_one():
-    out = mp.Manager().dict()
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
+    out = on_two_gloo_ranks(_worker)
     torch.manual_seed(0)
     full = torch.randn(5, 3, dtype=torch.float64).requires_grad_(True)
     (full @ full.T).square().sum().backward()        # one process, global batch, both ranks' halves
@@ -65,31 +50,25 @@ def test_single_process_is_the_identity():
     assert D.reduce_state_(module) is module and D.world() == D.World()
 
 
-def _bn_worker(rank, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        torch.manual_seed(0)
-        full, w = torch.randn(6, 3, 4, dtype=torch.float64), torch.randn(6, 3, 4, dtype=torch.float64)
-        bn = D.convert_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm1d(3).double()))
-        rows = D.shard_range(6)
-        x = full[rows.start:rows.stop].clone().requires_grad_(True)
-        # each rank's loss on its rows, summed over ranks as DDP's averaged gradient is (x 2)
-        (bn(x) * w[rows.start:rows.stop]).sum().backward()
-        loss = torch.nn.Module()
-        loss.register_buffer("seen", torch.tensor([rank + 1]))
-        out[rank] = {"rows": (rows.start, rows.stop), "grad": x.grad, "type": type(bn[0]).__name__,
-                     "running_var": bn[0].running_var.clone(), "bn_weight_grad": bn[0].weight.grad.clone(),
-                     "saved": D.consistent_state_dict(loss)["seen"], "live": loss.seen.clone(),
-                     "uneven": tuple(D.shard_range(5))}
-    finally:
-        torch.distributed.destroy_process_group()
+def _bn_worker(rank):
+    torch.manual_seed(0)
+    full, w = torch.randn(6, 3, 4, dtype=torch.float64), torch.randn(6, 3, 4, dtype=torch.float64)
+    bn = D.convert_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm1d(3).double()))
+    rows = D.shard_range(6)
+    x = full[rows.start:rows.stop].clone().requires_grad_(True)
+    # each rank's loss on its rows, summed over ranks as DDP's averaged gradient is (x 2)
+    (bn(x) * w[rows.start:rows.stop]).sum().backward()
+    loss = torch.nn.Module()
+    loss.register_buffer("seen", torch.tensor([rank + 1]))
+    return {"rows": (rows.start, rows.stop), "grad": x.grad, "type": type(bn[0]).__name__,
+                 "running_var": bn[0].running_var.clone(), "bn_weight_grad": bn[0].weight.grad.clone(),
+                 "saved": D.consistent_state_dict(loss)["seen"], "live": loss.seen.clone(),
+                 "uneven": tuple(D.shard_range(5))}
 
 
 @pytest.mark.slow
 def test_global_batchnorm_and_consistent_state_on_two_ranks():
-    out = mp.Manager().dict()
-    mp.spawn(_bn_worker, args=(_free_port(), out), nprocs=2, join=True)
+    out = on_two_gloo_ranks(_bn_worker)
     torch.manual_seed(0)
     full, w = torch.randn(6, 3, 4, dtype=torch.float64), torch.randn(6, 3, 4, dtype=torch.float64)
     bn = torch.nn.BatchNorm1d(3).double()

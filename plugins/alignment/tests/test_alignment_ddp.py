@@ -1,13 +1,11 @@
 """The ranking loss under DDP (2 gloo processes): S_kl is the global batch's matrix, sentences
 of different padded lengths on the two ranks, gradients back to the rank owning each row."""
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 from fusedembed_alignment.score import RankingLoss
+
+from fusedembed.testing import on_two_gloo_ranks
 
 ROWS = (slice(0, 2), slice(2, 5))
 T = (4, 6)                       # each rank pads its sentences to its own longest
@@ -22,30 +20,18 @@ def _data():
     return regions, words, num_regions, lengths
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        regions, words, nr, ln = _data()
-        r = regions[ROWS[rank]].clone().requires_grad_(True)
-        w = words[ROWS[rank], :T[rank]].clone().requires_grad_(True)
-        loss = RankingLoss()(r, w, nr[ROWS[rank]], ln[ROWS[rank]])
-        loss.backward()
-        out[rank] = {"loss": float(loss.detach()), "gr": r.grad.clone(), "gw": w.grad.clone()}
-    finally:
-        torch.distributed.destroy_process_group()
+def _worker(rank):
+    regions, words, nr, ln = _data()
+    r = regions[ROWS[rank]].clone().requires_grad_(True)
+    w = words[ROWS[rank], :T[rank]].clone().requires_grad_(True)
+    loss = RankingLoss()(r, w, nr[ROWS[rank]], ln[ROWS[rank]])
+    loss.backward()
+    return {"loss": float(loss.detach()), "gr": r.grad.clone(), "gw": w.grad.clone()}
 
 
 @pytest.mark.slow
 def test_two_ranks_score_the_global_batch():
-    out = mp.Manager().dict()
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
+    out = on_two_gloo_ranks(_worker)
     regions, words, nr, ln = _data()
     regions.requires_grad_(True)
     words.requires_grad_(True)

@@ -1,14 +1,12 @@
 """The margin loss under DDP (2 gloo processes): negatives come from the global batch,
 anchors are the rank's own rows, gradients reach the rank that owns each row."""
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from fusedembed_multigrain.loss import MarginLoss, distance_weighted_sampling, margin_loss
+
+from fusedembed.testing import on_two_gloo_ranks
 
 # Rank 0: three copies of image 0; rank 1: two copies of image 1. Alone, neither rank has a
 # negative; globally, each anchor of rank 0 needs 2 negatives and rank 1 holds exactly 2
@@ -22,32 +20,20 @@ def _x():
     return F.normalize(base, dim=1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        torch.manual_seed(rank)
-        loss_fn = MarginLoss(pair_cnt="terms", nonzero_loss_cutoff=2.0)
-        x = _x()[ROWS[rank]].clone().requires_grad_(True)
-        loss = loss_fn(x, INST[ROWS[rank]])
-        loss.backward()
-        local = MarginLoss(pair_cnt="terms", nonzero_loss_cutoff=2.0, global_sampling=False)
-        out[rank] = {"loss": float(loss.detach()), "grad": x.grad.clone(),
-                     "local": float(local(x.detach(), INST[ROWS[rank]]))}
-    finally:
-        torch.distributed.destroy_process_group()
+def _worker(rank):
+    torch.manual_seed(rank)
+    loss_fn = MarginLoss(pair_cnt="terms", nonzero_loss_cutoff=2.0)
+    x = _x()[ROWS[rank]].clone().requires_grad_(True)
+    loss = loss_fn(x, INST[ROWS[rank]])
+    loss.backward()
+    local = MarginLoss(pair_cnt="terms", nonzero_loss_cutoff=2.0, global_sampling=False)
+    return {"loss": float(loss.detach()), "grad": x.grad.clone(),
+                 "local": float(local(x.detach(), INST[ROWS[rank]]))}
 
 
 @pytest.mark.slow
 def test_two_ranks_sample_negatives_from_the_global_batch():
-    out = mp.Manager().dict()
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
+    out = on_two_gloo_ranks(_worker)
     # One process: rank 0's anchors (its negatives are fixed) plus rank 1's loss on its anchors.
     x = _x().requires_grad_(True)
     beta = torch.tensor(1.2)
