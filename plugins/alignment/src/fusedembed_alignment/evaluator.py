@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fusedembed.metrics import score_coco_retrieval, score_retrieval_metrics
+from fusedembed.nn import eval_mode
 
 from .score import DEFAULT_MAX_ELEMENTS, alignment_scores
 
@@ -53,11 +54,9 @@ def encode(model, loader: DataLoader, *, device, keep_image=(), keep_text=()) ->
     if not hasattr(dataset, "with_view") or not hasattr(dataset, "caption_to_image"):
         raise TypeError(f"alignment/retrieval: needs a caption dataset (with_view, caption_to_image), got "
                         f"{type(dataset).__name__}")
-    was_training = model.training
-    model.eval()
     regions, counts, words, lengths = [], [], [], []
     kept = {k: [] for k in (*keep_image, *keep_text)}
-    try:
+    with eval_mode(model):
         for b in _loader(dataset.with_view("image"), loader):
             v, n = encode_images(model, b, device)
             regions.append(v.float().cpu())
@@ -72,8 +71,6 @@ def encode(model, loader: DataLoader, *, device, keep_image=(), keep_text=()) ->
             for k in keep_text:
                 if k in b:
                     kept[k].append(b[k])
-    finally:
-        model.train(was_training)
     missing = [k for k, v in kept.items() if not v]
     if missing:
         raise KeyError(f"alignment encode: the dataset's items have no {', '.join(missing)}")

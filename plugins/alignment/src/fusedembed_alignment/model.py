@@ -25,6 +25,7 @@ from torchvision.ops import roi_align
 
 import fusedembed
 from fusedembed.data import Vocab, embedding_matrix
+from fusedembed.nn import eval_mode
 
 REGION_MODES = ("crop", "roi")
 
@@ -154,10 +155,8 @@ class AlignmentModel(nn.Module):
         if region_mode == "roi":
             # Only the trunk is kept: DDP needs every parameter to take part in the loss.
             self.trunk = _trunk(cnn)
-            with torch.no_grad():
-                was = self.trunk.training
-                channels = self.trunk.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
-                self.trunk.train(was)
+            with torch.no_grad(), eval_mode(self.trunk):
+                channels = self.trunk(torch.zeros(1, 3, 64, 64)).shape[1]
         else:
             self.backbone = cnn
             channels = cnn.out_dim

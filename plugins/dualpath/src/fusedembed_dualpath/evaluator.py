@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from fusedembed.distributed import gather_batch, shard_range
 from fusedembed.metrics import coco_retrieval, instance_map, retrieval_metrics
 from fusedembed.metrics.retrieval import recall_summary, retrieval_ranks
+from fusedembed.nn import eval_mode
 
 PROTOCOLS = ("standard", "coco", "identity")
 
@@ -67,14 +68,10 @@ def encode(model, loader: DataLoader, *, device) -> tuple:
     if not hasattr(dataset, "with_view") or not hasattr(dataset, "caption_to_image"):
         raise TypeError(f"dualpath/retrieval: needs a caption dataset (with_view, caption_to_image), got "
                         f"{type(dataset).__name__}")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         images = _encode_images(model, _loader(dataset.with_view("image"), loader, BySize(loader.collate_fn)), device)
         texts = [model({"tokens": b["tokens"].to(device), "lengths": b["lengths"].to(device)})
                  ["text_embedding"].float().cpu() for b in _loader(dataset.with_view("text"), loader)]
-    finally:
-        model.train(was_training)
     return gather_batch(images), gather_batch(torch.cat(texts)), dataset.caption_to_image.clone()
 
 

@@ -10,6 +10,8 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 
+from fusedembed.nn import eval_mode
+
 from .evaluator import references
 from .metrics import bleu, ptb_tokenize
 
@@ -17,16 +19,12 @@ from .metrics import bleu, ptb_tokenize
 @torch.no_grad()
 def cnn_features(model, loader, *, device) -> Dict[int, torch.Tensor]:
     """Image index -> L2-normalised CNN feature, once per image of the loader."""
-    was_training = model.training
-    model.eval()
     feats: Dict[int, torch.Tensor] = {}
-    try:
+    with eval_mode(model):
         for batch in loader:
             f = F.normalize(model.cnn(batch["image"].to(device)).float(), dim=-1).cpu()
             for i, row in zip(batch["instance"].tolist(), f):
                 feats.setdefault(i, row)
-    finally:
-        model.train(was_training)
     return feats
 
 

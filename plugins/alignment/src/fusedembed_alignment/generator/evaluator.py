@@ -13,6 +13,8 @@ from typing import Dict, List
 
 import torch
 
+from fusedembed.nn import eval_mode
+
 from .metrics import caption_scores
 
 
@@ -32,11 +34,9 @@ def words(vocab, ids: torch.Tensor, length: int) -> str:
 def describe(model, loader, *, device, beam_size: int = 1, max_len: int = 20,
              length_norm: float = 0.0) -> Dict[int, str]:
     """Image index -> the model's sentence for it, for every image the loader holds."""
-    was_training = model.training
-    model.eval()
     vocab = loader.dataset.vocab
     out: Dict[int, str] = {}
-    try:
+    with eval_mode(model):
         for batch in loader:
             inst = batch["instance"].tolist()
             fresh = [k for k, i in enumerate(inst) if i not in out and inst.index(i) == k]
@@ -48,8 +48,6 @@ def describe(model, loader, *, device, beam_size: int = 1, max_len: int = 20,
             ids, lengths = ids.cpu(), lengths.cpu()
             for r, k in enumerate(fresh):
                 out[inst[k]] = words(vocab, ids[r], int(lengths[r]))
-    finally:
-        model.train(was_training)
     return out
 
 
@@ -64,12 +62,8 @@ def describe_boxes(model, image: torch.Tensor, boxes, vocab, *, crop_size: int =
         return []
     device = device if device is not None else next(model.parameters()).device
     crops = torch.stack([crop(image, b, crop_size, margin) for b in boxes]).to(device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         ids, lengths, _ = model.generate(crops, beam_size=beam_size, max_len=max_len)
-    finally:
-        model.train(was_training)
     return [words(vocab, ids[k].cpu(), int(lengths[k])) for k in range(len(boxes))]
 
 
