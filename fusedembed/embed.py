@@ -27,6 +27,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .data import by_image_size
 from .embedfile import EmbeddingWriter
 from .inference import IMAGE_EXTENSIONS, Embedder, collate_of, decode_image
 
@@ -52,16 +53,18 @@ class Inputs:
 
 
 class _Collate:
-    """Batches {"i", "fields"} items with ``inner``; items that failed become ``bad``."""
+    """Batches {"i", "fields"} items with ``inner``, one batch per image size (a recipe may
+    test images at their own size); items that failed become ``bad``."""
 
     def __init__(self, inner):
         self.inner = inner
 
     def __call__(self, items):
         good = [it for it in items if "error" not in it]
-        return {"index": [it["i"] for it in good],
-                "bad": [(it["i"], it["error"]) for it in items if "error" in it],
-                "batch": self.inner([it["fields"] for it in good]) if good else None}
+        groups = by_image_size([it["fields"] for it in good])
+        return {"groups": [([good[k]["i"] for k in ks], self.inner([good[k]["fields"] for k in ks]))
+                           for ks in groups],
+                "bad": [(it["i"], it["error"]) for it in items if "error" in it]}
 
 
 class _ImageFiles(Dataset):
@@ -147,9 +150,9 @@ def text_inputs(path: Path, embedder: Embedder) -> Inputs:
 
     def collate(items):
         good = [it for it in items if embedder.has_words(it["fields"])]
-        return {"index": [it["i"] for it in good],
-                "bad": [(it["i"], "no word to embed") for it in items if it not in good],
-                "batch": embedder.text_batch([it["fields"] for it in good]) if good else None}
+        return {"groups": [([it["i"] for it in good], embedder.text_batch([it["fields"] for it in good]))]
+                if good else [],
+                "bad": [(it["i"], "no word to embed") for it in items if it not in good]}
 
     return Inputs("text", texts, {"kind": "text", "path": str(path.resolve())},
                   lambda todo: _Texts(texts, todo), collate, parallel=False, notes=notes)
@@ -261,10 +264,10 @@ def embed(embedder: Embedder, inputs: Inputs, out, *, batch_size: int = 64, work
                         skipped.append((inputs.ids[i], reason))
                         if len(skipped) <= SHOWN_SKIPS:
                             bar.write(f"skipped {inputs.ids[i]}: {reason}")
-                    if batch["index"]:
-                        key, emb = embedder.embed_batch(batch["batch"], inputs.modality)
-                        writer.add([inputs.ids[i] for i in batch["index"]], emb, key)
-                    bar.update(len(batch["index"]) + len(batch["bad"]))
+                    for index, group in batch["groups"]:
+                        key, emb = embedder.embed_batch(group, inputs.modality)
+                        writer.add([inputs.ids[i] for i in index], emb, key)
+                    bar.update(sum(len(index) for index, _ in batch["groups"]) + len(batch["bad"]))
         except KeyboardInterrupt:
             writer.flush()
             raise

@@ -187,9 +187,6 @@ class Embedder:
 
         return bool(tokenize(text))
 
-    def image_batch(self, images: Sequence[torch.Tensor]) -> dict:
-        """Decoded images (float CHW in [0, 1]) -> ``{"image": (B, 3, H, W)}``, preprocessed."""
-        return {"image": torch.stack([self.image_transform(im) for im in images])}
 
     @torch.no_grad()
     def embed_batch(self, batch: dict, modality: str):
@@ -213,7 +210,19 @@ class Embedder:
         return self.embed_batch(self.text_batch(texts), "text")
 
     def embed_images(self, images: Sequence[torch.Tensor]):
-        return self.embed_batch(self.image_batch(images), "image")
+        """``(output key, embeddings (B, D))`` of decoded images (float CHW in [0, 1]),
+        preprocessed; one forward per size the preprocessing leaves them at."""
+        from .data.collate import by_image_size
+
+        if not images:
+            raise ValueError("embed_images: no image given")
+        items = [{"image": self.image_transform(im)} for im in images]
+        out = None
+        for ks in by_image_size(items):
+            key, emb = self.embed_batch({"image": torch.stack([items[k]["image"] for k in ks])}, "image")
+            out = emb.new_empty(len(items), emb.shape[1]) if out is None else out
+            out[ks] = emb
+        return key, out
 
 
 _MISSING = object()

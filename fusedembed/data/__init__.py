@@ -10,7 +10,8 @@ Factories (the built-in plugin registers them as datasets):
   Flickr30k / MSCOCO Karpathy split JSON.
 * ``caption_folder(root, captions_file="captions.jsonl", split=None, view="pair", ...)`` —
   a folder of images + ``captions.jsonl``.
-* ``collate(batch, pad_to=None)`` — batches items (pads tokens, returns lengths).
+* ``collate(batch, pad_to=None)`` — batches items (pads tokens, returns lengths);
+  ``by_image_size(items)`` groups them by image shape.
 * ``tokenize(text)`` — the one word rule of every reader (and of new sentences at embedding
   time); ``normalize_token(token)`` spells a dataset's pre-tokenised tokens the same way.
 * ``read_text(path)`` / ``text_lines(path)`` — a UTF-8 text file (or its numbered lines), or a
@@ -46,7 +47,7 @@ of them; any object of the same ``object_groups`` id is an equally right region 
 alignment metrics take ``groups``).
 """
 
-from .collate import collate
+from .collate import by_image_size, collate
 from .errors import DataError, SkipLog, read_text, text_lines
 from .image_captions import ImageCaptionDataset, caption_folder, karpathy
 from .image_io import ImageReadError, SkipsUnreadable, check_image, load_image
@@ -55,7 +56,7 @@ from .vocab import PAD_ID, UNK_ID, Vocab, normalize_token, tokenize
 from .word_vectors import embedding_matrix, read_word_vectors
 
 __all__ = [
-    "collate", "DataError", "SkipLog", "read_text", "text_lines", "ImageCaptionDataset", "caption_folder",
+    "collate", "by_image_size", "DataError", "SkipLog", "read_text", "text_lines", "ImageCaptionDataset", "caption_folder",
     "karpathy", "ImageReadError", "SkipsUnreadable", "check_image", "load_image",
     "ScenesDataset", "ensure_split", "scene_vocab", "scenes", "PAD_ID", "UNK_ID", "Vocab",
     "tokenize", "normalize_token", "read_word_vectors", "embedding_matrix",

@@ -10,6 +10,9 @@
   ``object_groups`` padded with −1.
 * other tensors of equal shape are stacked (``image``, ``labels``); ints/floats become
   tensors; anything else (``caption``, ``path``, ``words``) stays a list.
+
+``by_image_size(items)``: the positions of the items grouped by their ``image`` shape, for
+batches of images kept at their own size (padding would change what a pooled net computes).
 """
 
 import torch
@@ -18,6 +21,16 @@ from .vocab import PAD_ID
 
 SEQ_PAD = {"tokens": PAD_ID, "word_objects": -1}
 OBJ_PAD = {"boxes": 0.0, "objects": -1, "object_groups": -1}
+
+
+def by_image_size(items: list) -> list:
+    """``[[positions], ...]``: one list per distinct ``item["image"].shape``, in first-seen
+    order; items without an image form one group."""
+    groups: dict = {}
+    for k, item in enumerate(items):
+        image = item.get("image")
+        groups.setdefault(tuple(image.shape) if isinstance(image, torch.Tensor) else None, []).append(k)
+    return list(groups.values())
 
 
 def _pad(seqs, length, value):

@@ -319,3 +319,29 @@ def test_image_files_are_prepared_as_the_recipes_dataset_prepares_its_images(tra
     with pytest.warns(RuntimeWarning, match="Noise has neither file_transform nor transform: image files are resized "
                                             "to 16x16"):
         assert embedder.image_transform(big).shape == (3, SIZE, SIZE)
+
+
+def test_images_of_mixed_sizes_embed_as_each_alone(trained):
+    # a recipe may keep test images at their own size (dual-path's authors' test images)
+    from fusedembed.inference import load_embedder
+
+    embedder = load_embedder(trained[0] / "last.pt", device="cpu")
+    embedder._image_transform = lambda im: im                 # sizes kept as given
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 16, 16, generator=g), torch.rand(3, 24, 20, generator=g),
+              torch.rand(3, 16, 16, generator=g)]
+    _, together = embedder.embed_images(images)
+    alone = torch.cat([embedder.embed_images([im])[1] for im in images])
+    torch.testing.assert_close(together, alone)
+
+
+def test_embed_batches_hold_one_image_size_each_and_keep_failed_items_apart():
+    from fusedembed.data import collate
+    from fusedembed.embed import _Collate
+
+    items = [{"i": 0, "fields": {"image": torch.zeros(3, 16, 16)}}, {"i": 1, "fields": {"image": torch.ones(3, 24, 20)}},
+             {"i": 2, "error": "cannot decode"}, {"i": 3, "fields": {"image": torch.full((3, 16, 16), 2.0)}}]
+    batch = _Collate(collate)(items)
+    assert [(index, tuple(b["image"].shape)) for index, b in batch["groups"]] == [
+        ([0, 3], (2, 3, 16, 16)), ([1], (1, 3, 24, 20))]
+    assert batch["groups"][0][1]["image"][1].eq(2.0).all() and batch["bad"] == [(2, "cannot decode")]

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from fusedembed.data import by_image_size
 from fusedembed.distributed import gather_batch, shard_range
 from fusedembed.metrics import coco_retrieval, instance_map, retrieval_metrics
 from fusedembed.metrics.retrieval import recall_summary, retrieval_ranks
@@ -35,10 +36,7 @@ class BySize:
         self.collate = collate
 
     def __call__(self, items: list) -> list:
-        groups = {}
-        for k, item in enumerate(items):
-            groups.setdefault(tuple(item["image"].shape), []).append(k)
-        return [(torch.tensor(ks), self.collate([items[k] for k in ks])) for ks in groups.values()]
+        return [(torch.tensor(ks), self.collate([items[k] for k in ks])) for ks in by_image_size(items)]
 
 
 def _loader(dataset, like: DataLoader, collate=None) -> DataLoader:
