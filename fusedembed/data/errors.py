@@ -3,8 +3,10 @@
 import warnings
 from pathlib import Path
 
+from ..errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """A data file is missing, malformed or references an unreadable image.
 
     The message starts with ``<path>:<where>:`` — ``where`` is ``line N`` (1-based) for line

@@ -83,6 +83,18 @@ def test_cli_reports_a_bad_value_in_one_line(make_recipe, dump_recipe, tmp_path,
     assert "trainer.grad_clip_norm must be > 0, got -1.0" in err and "Traceback" not in err
 
 
+def test_cli_reports_a_missing_data_file_in_one_line(make_recipe, dump_recipe, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()                                           # a folder without its captions.jsonl
+    recipe = make_recipe()
+    cfg = dump_recipe(recipe, tmp_path / "r.yaml")
+    assert cli.main(["train", str(cfg), "--run-dir", str(tmp_path / "run"), "data.train.name=caption_folder",
+                     f"data.train.root={folder}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fusedembed train: error: ") and "captions.jsonl" in err and "file not found" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_a_stage_override_out_of_range_names_the_stage(make_recipe):
     tree = to_dict(make_recipe())
     tree["stages"] = [{"name": "two", "trainer": {"accumulate": 0}}]
