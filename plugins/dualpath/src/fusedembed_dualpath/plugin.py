@@ -65,4 +65,4 @@ def fusedembed_register_recipes(register):
 @fusedembed.hookimpl
 def fusedembed_register_demos(register):
     register("dualpath", demo.main, description="dual-path retrieval on the embedded scenes: Stage I + II, "
-             "table vs chance and a BoW+CCA baseline (CPU, about 8 min)")
+             "table vs chance and a BoW+CCA baseline (CPU, 7 to 15 min)")
