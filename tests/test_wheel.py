@@ -36,6 +36,8 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 TORCH_PIN = f"torch=={_variant.torch_minor(torch.__version__)}.*"
 # The environment of subprocesses that must see installed packages only, not this checkout.
 CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+# pip resolving against only what a test lays out: no configured indexes, find-links or constraints.
+PIP_ALONE = {**{k: v for k, v in CLEAN_ENV.items() if not k.startswith("PIP_")}, "PIP_CONFIG_FILE": os.devnull}
 
 
 def metadata(text: str):
@@ -79,9 +81,13 @@ def copy_sources(dest: Path) -> Path:
     return dest
 
 
-def setup_py(cwd: Path, *args: str, **env: str) -> None:
-    subprocess.run([sys.executable, "setup.py", "-q", *args], cwd=cwd, check=True, capture_output=True,
-                   env={**CLEAN_ENV, "FUSEDEMBED_CUDA": "0", **env})
+def setup_py(cwd: Path, command: str, out: Path, **env: str) -> None:
+    """``setup.py COMMAND`` writing into ``out`` (``dist_info --output-dir``, ``sdist -d``)."""
+    out.mkdir()
+    flag = "--output-dir" if command == "dist_info" else "-d"
+    proc = subprocess.run([sys.executable, "setup.py", "-q", command, flag, str(out)], cwd=cwd, capture_output=True,
+                          text=True, env={**CLEAN_ENV, "FUSEDEMBED_CUDA": "0", **env})
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 # -- the variant: label and pins, from the torch a build is made against ----------------------
@@ -107,17 +113,17 @@ def test_setup_metadata_wheel_pins_sdist_stays_loose(tmp_path):
     src = copy_sources(tmp_path / "src")
     label = _variant.local_tag(torch.__version__, None)
 
-    setup_py(src, "dist_info", "--output-dir", str(tmp_path / "wheel"))
+    setup_py(src, "dist_info", tmp_path / "wheel")
     (info,) = (tmp_path / "wheel").glob("*.dist-info")
     meta = metadata((info / "METADATA").read_text())
     assert meta["Version"] == f"{fusedembed.__version__}+{label}"
     assert meta.get_all("Requires-Dist")[0] == TORCH_PIN
 
-    setup_py(src, "dist_info", "--output-dir", str(tmp_path / "plain"), FUSEDEMBED_LOCAL_VERSION="0")
+    setup_py(src, "dist_info", tmp_path / "plain", FUSEDEMBED_LOCAL_VERSION="0")
     (info,) = (tmp_path / "plain").glob("*.dist-info")
     assert metadata((info / "METADATA").read_text())["Version"] == fusedembed.__version__
 
-    setup_py(src, "sdist", "-d", str(tmp_path / "sdist"))
+    setup_py(src, "sdist", tmp_path / "sdist")
     (sdist,) = (tmp_path / "sdist").glob("*.tar.gz")
     with tarfile.open(sdist) as tar:
         names = tar.getnames()
@@ -131,7 +137,7 @@ def test_setup_metadata_wheel_pins_sdist_stays_loose(tmp_path):
     assert not [n for n in names if n.endswith((".so", "_build_meta.py")) or "/generated/" in n]
 
     # A wheel built from the sdist keeps its version (pip checks it against the sdist's name).
-    setup_py(tmp_path / "unpacked" / top, "dist_info", "--output-dir", str(tmp_path / "from_sdist"))
+    setup_py(tmp_path / "unpacked" / top, "dist_info", tmp_path / "from_sdist")
     (info,) = (tmp_path / "from_sdist").glob("*.dist-info")
     meta = metadata((info / "METADATA").read_text())
     assert meta["Version"] == fusedembed.__version__
@@ -170,7 +176,7 @@ def fake_wheel(folder: Path, name: str, version: str, tag: str) -> Path:
 def pip_picks(page: Path, tmp_path: Path) -> str:
     out = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-deps",
                           "--target", str(tmp_path / "target"), "-f", str(page), "fusedembed"],
-                         capture_output=True, text=True, env=CLEAN_ENV)
+                         capture_output=True, text=True, env=PIP_ALONE)
     assert out.returncode == 0, out.stdout + out.stderr
     return re.search(r"Would install (\S+)", out.stdout).group(1)
 
@@ -205,7 +211,7 @@ def test_wheel_index_pages_pick_their_variant(tmp_path):
     page.write_text(re.sub(r"sha256=[0-9a-f]", "sha256=x", page.read_text(), count=1))
     out = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-deps",
                           "--target", str(tmp_path / "target"), "-f", str(page), "fusedembed==0.1.0+pt213cpu"],
-                         capture_output=True, text=True, env=CLEAN_ENV)
+                         capture_output=True, text=True, env=PIP_ALONE)
     assert out.returncode != 0 and "HASHES" in out.stderr, out.stdout + out.stderr
 
     (tmp_path / "empty").mkdir()
@@ -330,7 +336,7 @@ def test_pip_refuses_the_wheel_next_to_another_torch(built_wheel, tmp_path, same
         fake_installed(site, req.name, version)
 
     out = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--dry-run", "--no-index",
-                          "-f", str(built_wheel.parent), "fusedembed"], capture_output=True, text=True, env=CLEAN_ENV)
+                          "-f", str(built_wheel.parent), "fusedembed"], capture_output=True, text=True, env=PIP_ALONE)
     if same_minor:
         assert out.returncode == 0, out.stdout + out.stderr
         assert f"Would install fusedembed-{meta['Version']}" in out.stdout, out.stdout
