@@ -68,6 +68,7 @@ def want_cuda():
 
 
 def making_sdist():
+    # setuptools runs this script with the command in argv, under PEP 517 builds too.
     return "sdist" in sys.argv[1:]
 
 
@@ -113,14 +114,14 @@ def write_build_meta(version, dist_version, kernels_cuda, archs):
                      f"CUDA_VERSION = {kernels_cuda!r}\n")
 
 
-def extension(with_cuda, dist_version):
+def extension(kernels_cuda, dist_version):
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
-    write_build_meta(read_version(), dist_version, torch.version.cuda if with_cuda else None, archs)
+    write_build_meta(read_version(), dist_version, kernels_cuda, archs)
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     # The C++ standard is torch's own (C++20 for torch >= 2.10); setting one here would fight it.
     cxx = ["-O3", "-fopenmp"]
     common = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
-    if not with_cuda:
+    if kernels_cuda is None:
         return CppExtension("fusedembed._C", sources, extra_compile_args={"cxx": cxx}, **common)
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
     # Headers a bare CUDA toolkit may lack (cusparse, cusolver) ship in the nvidia wheels torch uses.
@@ -132,8 +133,8 @@ def extension(with_cuda, dist_version):
                          **common)
 
 
-WITH_CUDA = want_cuda()
-KERNELS_CUDA = torch.version.cuda if WITH_CUDA else None
+# The CUDA the kernels are compiled with: None for a CPU build.
+KERNELS_CUDA = torch.version.cuda if want_cuda() else None
 VERSION = read_version()
 if with_local_version():
     VERSION += "+" + variant.local_tag(torch.__version__, KERNELS_CUDA)
@@ -141,6 +142,6 @@ if with_local_version():
 setup(
     version=VERSION,
     install_requires=variant.requirements(None if making_sdist() else torch.__version__, KERNELS_CUDA),
-    ext_modules=[extension(WITH_CUDA, VERSION)],
+    ext_modules=[extension(KERNELS_CUDA, VERSION)],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -144,6 +144,28 @@ def test_setup_metadata_wheel_pins_sdist_stays_loose(tmp_path):
     assert meta.get_all("Requires-Dist")[0] == TORCH_PIN
 
 
+def cuda_home():
+    """A CUDA toolkit with nvcc: $CUDA_HOME, else the newest /usr/local/cuda-*; None without one."""
+    homes = [os.environ.get("CUDA_HOME", ""), *sorted(glob.glob("/usr/local/cuda-*"), reverse=True), "/usr/local/cuda"]
+    return next((h for h in homes if h and os.path.exists(os.path.join(h, "bin", "nvcc"))), None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.version.cuda is None, reason="a CUDA wheel needs a CUDA torch")
+@pytest.mark.skipif(cuda_home() is None, reason="no CUDA toolkit (nvcc) found")
+def test_setup_metadata_cuda_variant(tmp_path):
+    """FUSEDEMBED_CUDA=1 (metadata only, nothing compiled): the cu label and the CUDA runtime pin."""
+    src = copy_sources(tmp_path / "src")
+    setup_py(src, "dist_info", tmp_path / "wheel", FUSEDEMBED_CUDA="1", CUDA_HOME=cuda_home())
+    (info,) = (tmp_path / "wheel").glob("*.dist-info")
+    meta = metadata((info / "METADATA").read_text())
+    assert meta["Version"] == f"{fusedembed.__version__}+{_variant.local_tag(torch.__version__, torch.version.cuda)}"
+    major = _variant.cuda_major(torch.version.cuda)
+    assert meta.get_all("Requires-Dist")[:2] == [TORCH_PIN, f'cuda-toolkit[cudart]=={major}.*; platform_system == "Linux"']
+    build_meta = (src / "fusedembed" / "_build_meta.py").read_text()
+    assert f"CUDA_VERSION = {torch.version.cuda!r}" in build_meta
+
+
 @pytest.mark.slow
 def test_plugin_wheels_are_pure_and_need_this_minor(tmp_path):
     plugins = sorted(p.parent for p in (ROOT / "plugins").glob("*/pyproject.toml"))
