@@ -12,7 +12,7 @@ PLUGINS := $(filter-out plugins/example/%,$(wildcard plugins/*/pyproject.toml))
 # GPU machines get the full benchmark shapes, others a quick pass.
 BENCH_ARGS ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,--quick)
 
-.PHONY: demo test lint bench wheel cuda-check install clean
+.PHONY: demo test lint bench wheel wheel-index cuda-check install clean
 
 # The dual-path recipe end to end: trains dualpath/scenes (Stage I, Stage II) into runs/demo,
 # prints its retrieval table next to chance and a bag-of-words baseline, writes the report.
@@ -29,8 +29,16 @@ lint: install
 bench: install
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b $(BENCH_ARGS) || exit 1; done
 
+# The core wheel (its extension compiled against this torch, which it then requires:
+# fusedembed-X.Y.Z+pt214cpu, +pt214cu130 with FUSEDEMBED_CUDA=1) and one pure-Python wheel per
+# plugin, into dist/.
 wheel: install
-	$(PIP) wheel --no-build-isolation --no-deps -w dist .
+	$(PIP) wheel --no-build-isolation --no-deps -w dist . $(dir $(wildcard plugins/*/pyproject.toml))
+
+# Find-links pages over whatever dist/ holds (wheels from several build machines may be collected
+# there): index.html and one page per variant. Standard library only, so no .venv is needed.
+wheel-index:
+	$(PYTHON) tools/wheel_index.py dist
 
 install: $(STAMPS)/build
 

@@ -9,9 +9,43 @@ import warnings
 
 import torch
 
+from . import _variant
 from ._version import __version__
 
 REBUILD = "pip install --no-build-isolation -e . (or `make install`)"
+
+
+def _kernels(cuda_version) -> str:
+    return f"CUDA {cuda_version} kernels" if cuda_version else "CPU kernels only"
+
+
+def _fits(built_torch: str, built_cuda) -> bool:
+    """A build runs on the torch minor it was compiled against (the wheel pins torch==X.Y.*) and,
+    with CUDA kernels, on a CUDA torch of the same CUDA major."""
+    if _variant.torch_minor(built_torch) != _variant.torch_minor(torch.__version__):
+        return False
+    if built_cuda is None:
+        return True
+    return torch.version.cuda is not None and _variant.cuda_major(torch.version.cuda) == _variant.cuda_major(built_cuda)
+
+
+def _reinstall_hint() -> str:
+    """The command that installs the variant built for the installed torch (a CUDA torch can also
+    take the CPU-only variant), and the rebuild for a source checkout."""
+    want = f"fusedembed=={__version__}+{_variant.local_tag(torch.__version__, torch.version.cuda)}"
+    cpu = _variant.local_tag(torch.__version__, None)
+    alt = f" (or +{cpu}, CPU kernels only)" if torch.version.cuda else ""
+    return (f'pip install --force-reinstall --no-deps "{want}"{alt} -f WHEELS, where WHEELS is the '
+            f"fusedembed wheel index (a folder or page that `make wheel-index` wrote); "
+            f"in a source checkout rebuild instead: {REBUILD}")
+
+
+def _mismatch(version: str, built_torch: str, built_cuda) -> ImportError:
+    installed = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only"
+    return ImportError(
+        f"fusedembed {version} was built against torch {built_torch} ({_kernels(built_cuda)}) but torch "
+        f"{torch.__version__} ({installed}) is installed. Install the variant for this torch: "
+        f"{_reinstall_hint()}")
 
 
 def _load():
@@ -21,21 +55,22 @@ def _load():
         from . import _build_meta
     except ImportError:
         _build_meta = None
-    if _build_meta is not None and _build_meta.TORCH_VERSION != torch.__version__:
-        raise ImportError(
-            f"fusedembed._C was built against torch {_build_meta.TORCH_VERSION} but torch "
-            f"{torch.__version__} is installed; rebuild it: {REBUILD}")
+    # Checked before _C is imported: a library built for another torch may not load at all.
+    # (getattr: a _build_meta.py written before VERSION and CUDA_VERSION were recorded.)
+    if _build_meta is not None:
+        built_cuda = getattr(_build_meta, "CUDA_VERSION", None)
+        if not _fits(_build_meta.TORCH_VERSION, built_cuda):
+            raise _mismatch(getattr(_build_meta, "VERSION", __version__), _build_meta.TORCH_VERSION, built_cuda)
     if importlib.util.find_spec("fusedembed._C") is None:
         return None
     try:
         from . import _C
     except ImportError as err:
         raise ImportError(f"fusedembed._C exists but failed to load ({err}); torch is "
-                          f"{torch.__version__}; rebuild it: {REBUILD}") from err
-    built = _C.build_info()["torch_version"]
-    if built != torch.__version__:
-        raise ImportError(f"fusedembed._C was built against torch {built} but torch "
-                          f"{torch.__version__} is installed; rebuild it: {REBUILD}")
+                          f"{torch.__version__}. {_reinstall_hint()}") from err
+    info = _C.build_info()
+    if not _fits(info["torch_version"], info["cuda_version"]):
+        raise _mismatch(info["version"], info["torch_version"], info["cuda_version"])
     return _C
 
 

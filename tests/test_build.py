@@ -5,9 +5,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 import fusedembed
+from fusedembed import _variant
 
 
 def test_build_info_describes_the_extension():
@@ -30,8 +32,11 @@ def test_every_schema_has_a_cpu_kernel():
             assert torch._C._dispatch_has_kernel_for_dispatch_key(op.default.name(), "CPU"), name
 
 
-def test_stale_build_is_named(tmp_path):
-    """A _C built against another torch fails import with both versions and the rebuild command."""
+@pytest.mark.parametrize("built_torch, built_cuda", [("1.0.0+old", None), (torch.__version__, "1.0")],
+                         ids=["other-torch", "other-cuda-major"])
+def test_stale_build_is_named(tmp_path, built_torch, built_cuda):
+    """A build for another torch (or CUDA major) fails import with both versions and the commands
+    that install the right variant or rebuild."""
     pkg = tmp_path / "fusedembed"
     src = os.path.dirname(fusedembed.__file__)
     pkg.mkdir()
@@ -40,7 +45,8 @@ def test_stale_build_is_named(tmp_path):
             target = pkg / name
             os.symlink(os.path.join(src, name), target)
     (pkg / "_build_meta.py").unlink(missing_ok=True)
-    (pkg / "_build_meta.py").write_text("TORCH_VERSION = '1.0.0+old'\n")
+    (pkg / "_build_meta.py").write_text(f"VERSION = '0.1.0+pt10cpu'\nTORCH_VERSION = {built_torch!r}\n"
+                                        f"CUDA_VERSION = {built_cuda!r}\n")
     code = textwrap.dedent("""
         import sys; sys.path.insert(0, sys.argv[1])
         import fusedembed
@@ -48,9 +54,11 @@ def test_stale_build_is_named(tmp_path):
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
                             cwd=tmp_path)
     assert result.returncode != 0
-    assert "built against torch 1.0.0+old" in result.stderr
-    assert f"torch {torch.__version__} is installed" in result.stderr
-    assert "pip install --no-build-isolation" in result.stderr
+    assert f"fusedembed 0.1.0+pt10cpu was built against torch {built_torch} (" in result.stderr
+    assert f"but torch {torch.__version__} (" in result.stderr
+    want = f"fusedembed=={fusedembed.__version__}+{_variant.local_tag(torch.__version__, torch.version.cuda)}"
+    assert f'pip install --force-reinstall --no-deps "{want}"' in result.stderr
+    assert "pip install --no-build-isolation -e ." in result.stderr
 
 
 def test_without_extension_ops_fall_back_with_one_warning():
