@@ -10,6 +10,10 @@ import re
 # What a source distribution asks for: it compiles against whatever torch it finds.
 TORCH_RANGE = "torch>=2.4"
 RUNTIME = ["torchvision", "numpy", "pluggy>=1.3", "pyyaml", "tqdm", "safetensors"]
+# A CUDA variant refuses a CPU build of torch (local label +cpu), so that pip, choosing between
+# variants in one index, cannot take it next to that torch. PEP 440 has no wildcard over local
+# labels: the refusal names each patch release, more than any torch minor has had.
+CPU_PATCHES = 10
 
 
 def torch_minor(torch_version: str) -> str:
@@ -40,10 +44,11 @@ def local_tag(torch_version: str, cuda_version: str | None) -> str:
 def requirements(torch_version: str | None, cuda_version: str | None) -> list:
     """Requires-Dist of a build: None for torch_version means a source distribution (the loose
     range); a wheel pins the torch minor it was compiled against (its C++ ABI binds the extension
-    to it) and, with CUDA kernels, the CUDA runtime major they link."""
+    to it) and, with CUDA kernels, a CUDA build of it and the CUDA runtime major they link."""
     if torch_version is None:
         return [TORCH_RANGE, *RUNTIME]
-    pins = [f"torch=={torch_minor(torch_version)}.*"]
-    if cuda_version is not None:
-        pins.append(f'cuda-toolkit[cudart]=={cuda_major(cuda_version)}.*; platform_system == "Linux"')
-    return [*pins, *RUNTIME]
+    minor = torch_minor(torch_version)
+    if cuda_version is None:
+        return [f"torch=={minor}.*", *RUNTIME]
+    return [",".join([f"torch=={minor}.*", *(f"!={minor}.{patch}+cpu" for patch in range(CPU_PATCHES))]),
+            f'cuda-toolkit[cudart]=={cuda_major(cuda_version)}.*; platform_system == "Linux"', *RUNTIME]

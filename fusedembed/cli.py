@@ -353,6 +353,6 @@ def main(argv: Optional[List[str]] = None, out=None) -> int:
         return exit_.code if isinstance(exit_.code, int) else USAGE
     try:
         return args.func(args, out)
-    except (UserError, RegistryError) as err:
+    except UserError as err:
         print(f"fusedembed {args.command}: error: {err}", file=sys.stderr)
         return FAILURE

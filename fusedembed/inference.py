@@ -30,12 +30,13 @@ from typing import Optional, Sequence
 import torch
 
 from .devices import resolve_device
+from .errors import UserError
 
 OUTPUTS = {"image": ("image_embedding", "embedding"), "text": ("text_embedding", "embedding")}
 SPLITS = ("test", "val", "train")
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """MODEL cannot be loaded or cannot embed the input given."""
 
 

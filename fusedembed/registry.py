@@ -36,11 +36,13 @@ from typing import Annotated, Any, Callable, Dict, Iterator, List, Mapping, Opti
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
+from .errors import UserError
+
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")   # a bare name; the full one adds "<plugin>/"
 FAMILY_RE = re.compile(r"^[A-Za-z0-9_.*-]*\*[A-Za-z0-9_.*-]*$")   # a family's pattern: a name with "*"
 
 
-class RegistryError(Exception):
+class RegistryError(UserError):
     """Base of the errors below; the message is meant for the person who wrote the config."""
 
 

@@ -1,6 +1,6 @@
 """The wheels `make wheel` builds: what they require and are called, what they bundle, that they
-install and run from site-packages, that pip refuses one next to another torch, and the
-find-links pages and the wheel matrix around them.
+install and run from site-packages, that pip refuses one next to another torch and takes, from
+one index, the variant of the installed torch, and the find-links pages and the wheel matrix.
 
 The tests marked slow build the core wheel once (its extension compiled; ninja reuses build/)."""
 
@@ -98,10 +98,11 @@ def test_variant_label_and_pins():
     assert _variant.local_tag("2.4.0", "12.4") == "pt24cu124"
     assert _variant.requirements(None, None)[0] == "torch>=2.4"
     assert _variant.requirements("2.14.1+cpu", None)[0] == "torch==2.14.*"
-    cuda = _variant.requirements("2.14.1", "13.0")
-    assert cuda[:2] == ["torch==2.14.*", 'cuda-toolkit[cudart]==13.*; platform_system == "Linux"']
-    for req in cuda:
-        Requirement(req)  # each is a valid requirement string
+    cuda = [Requirement(req) for req in _variant.requirements("2.14.1", "13.0")]
+    assert str(cuda[1]) == 'cuda-toolkit[cudart]==13.*; platform_system == "Linux"'
+    # The CUDA variant takes any CUDA build of torch 2.14 and no CPU build.
+    assert all(cuda[0].specifier.contains(v) for v in ("2.14.0", "2.14.1+cu130", "2.14.3+cu126"))
+    assert not any(cuda[0].specifier.contains(v) for v in ("2.14.0+cpu", "2.14.9+cpu", "2.13.0", "2.15.0"))
     with pytest.raises(ValueError, match=r"torch_version: expected a version like '2.14.1', got 'nightly'"):
         _variant.local_tag("nightly", None)
     with pytest.raises(ValueError, match=r"cuda_version: expected a version like '13.0', got '13'"):
@@ -161,7 +162,10 @@ def test_setup_metadata_cuda_variant(tmp_path):
     meta = metadata((info / "METADATA").read_text())
     assert meta["Version"] == f"{fusedembed.__version__}+{_variant.local_tag(torch.__version__, torch.version.cuda)}"
     major = _variant.cuda_major(torch.version.cuda)
-    assert meta.get_all("Requires-Dist")[:2] == [TORCH_PIN, f'cuda-toolkit[cudart]=={major}.*; platform_system == "Linux"']
+    requires = [Requirement(r) for r in meta.get_all("Requires-Dist")[:2]]
+    want = [Requirement(r) for r in _variant.requirements(torch.__version__, torch.version.cuda)[:2]]
+    assert [(r.name, r.specifier) for r in requires] == [(r.name, r.specifier) for r in want]
+    assert str(requires[1]) == f'cuda-toolkit[cudart]=={major}.*; platform_system == "Linux"'
     build_meta = (src / "fusedembed" / "_build_meta.py").read_text()
     assert f"CUDA_VERSION = {torch.version.cuda!r}" in build_meta
 
@@ -184,12 +188,14 @@ def test_plugin_wheels_are_pure_and_need_this_minor(tmp_path):
 
 # -- the find-links pages --------------------------------------------------------------------
 
-def fake_wheel(folder: Path, name: str, version: str, tag: str) -> Path:
+def fake_wheel(folder: Path, name: str, version: str, tag: str, requires=()) -> Path:
     """A minimal valid wheel: enough for pip to resolve and check it."""
     dist = f"{name.replace('-', '_')}-{version}"
     path = folder / f"{dist}-{tag}.whl"
+    requires = "".join(f"Requires-Dist: {r}\n" for r in requires)
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr(f"{dist}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        z.writestr(f"{dist}.dist-info/METADATA",
+                   f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{requires}")
         z.writestr(f"{dist}.dist-info/WHEEL", f"Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: {tag}\n")
         z.writestr(f"{dist}.dist-info/RECORD", "")
     return path
@@ -239,6 +245,63 @@ def test_wheel_index_pages_pick_their_variant(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match=r"folder: expected wheels \(\*\.whl\) in .*empty, found none"):
         wheel_index.write_index(tmp_path / "empty")
+
+
+def fake_installed(site: Path, name: str, version: str) -> None:
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "INSTALLER").write_text("test\n")
+    (info / "RECORD").write_text("")
+
+
+def scratch_env(env_dir: Path, requires: list, torch_version: str) -> Path:
+    """A venv whose only packages are fake distributions meeting `requires` (Requires-Dist lines),
+    torch at torch_version, the CUDA toolkit at the major a requirement asks for; returns its python."""
+    venv.create(env_dir, with_pip=False)
+    py = env_dir / "bin" / "python"
+    site = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    for line in requires:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        if req.name == "torch":
+            version = torch_version
+        elif req.name == "cuda-toolkit":
+            version = str(req.specifier).removeprefix("==").replace("*", "0")
+        else:
+            version = "999"
+        if not (site / f"{req.name.replace('-', '_')}-{version}.dist-info").exists():
+            fake_installed(site, req.name, version)
+    return py
+
+
+def pip_install_in(py: Path, find_links: Path, *requirements: str):
+    """`pip install --dry-run` into the environment of `py`, offline, from find_links only."""
+    return subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--dry-run", "--no-index",
+                           "-f", str(find_links), *requirements], capture_output=True, text=True, env=PIP_ALONE)
+
+
+@pytest.mark.parametrize("installed, picked", [("2.14.1+cpu", "pt214cpu"), ("2.14.1+cu130", "pt214cu130"),
+                                               ("2.14.1", "pt214cu130")])
+def test_one_index_picks_the_variant_of_the_installed_torch(tmp_path, installed, picked):
+    """dist/ holding the CPU and the CUDA variant: pip takes the CUDA one next to a CUDA build of
+    torch (PyPI's has no label) and the CPU one next to a CPU build, which the CUDA variant refuses,
+    with or without the README's pin of the installed torch."""
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    tag = str(next(iter(sys_tags())))
+    requires = {}
+    for label, cuda in (("pt214cpu", None), ("pt214cu130", "13.0")):
+        requires[label] = _variant.requirements("2.14.1", cuda)
+        fake_wheel(dist, "fusedembed", f"0.1.0+{label}", tag, requires[label])
+    # The environment meets every requirement of both but the torch pin: only torch decides.
+    py = scratch_env(tmp_path / "env", requires["pt214cpu"] + requires["pt214cu130"][1:], installed)
+    for pin in ((), (f"torch=={installed}",)):
+        out = pip_install_in(py, dist, "fusedembed", *pin)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert re.search(r"Would install (\S+)", out.stdout).group(1) == f"fusedembed-0.1.0+{picked}", out.stdout
 
 
 # -- the wheel matrix ------------------------------------------------------------------------
@@ -329,36 +392,16 @@ def test_wheel_installs_and_passes_the_op_tests(built_wheel, tmp_path):
     assert "fusedembed._C is not built" not in out.stdout, "the extension's tests were skipped"
 
 
-def fake_installed(site: Path, name: str, version: str) -> None:
-    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    (info / "INSTALLER").write_text("test\n")
-    (info / "RECORD").write_text("")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("same_minor", [True, False], ids=["same-torch", "other-torch"])
 def test_pip_refuses_the_wheel_next_to_another_torch(built_wheel, tmp_path, same_minor):
     """A scratch environment whose only packages are fake distributions: every requirement of the
     wheel satisfied, torch at this minor or another one, nothing else to be had (--no-index)."""
-    env_dir = tmp_path / "env"
-    venv.create(env_dir, with_pip=False)
-    py = env_dir / "bin" / "python"
-    site = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
     major, minor = map(int, _variant.torch_minor(torch.__version__).split("."))
     torch_version = f"{major}.{minor}.0" if same_minor else f"{major}.{minor - 1}.0"
     meta, _, _ = wheel_metadata(built_wheel)
-    for line in meta.get_all("Requires-Dist"):
-        req = Requirement(line)
-        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
-            continue
-        version = torch_version if req.name == "torch" else "999"
-        fake_installed(site, req.name, version)
-
-    out = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--dry-run", "--no-index",
-                          "-f", str(built_wheel.parent), "fusedembed"], capture_output=True, text=True, env=PIP_ALONE)
+    py = scratch_env(tmp_path / "env", meta.get_all("Requires-Dist"), torch_version)
+    out = pip_install_in(py, built_wheel.parent, "fusedembed")
     if same_minor:
         assert out.returncode == 0, out.stdout + out.stderr
         assert f"Would install fusedembed-{meta['Version']}" in out.stdout, out.stdout

@@ -23,10 +23,11 @@ to the checkpoint's recipe; the model is the checkpoint's.
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
+
+from fusedembed.errors import run_command
 
 
 def _parse_boxes(text: str) -> torch.Tensor:
@@ -219,4 +220,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "python -m fusedembed_alignment")

@@ -28,6 +28,7 @@ import torch
 
 from fusedembed import build, load_recipe
 from fusedembed.devices import resolve_device
+from fusedembed.errors import run_command
 from fusedembed.metrics import alignment_metrics, chance_retrieval_metrics
 
 from .align import decode, draw_snippets, snippets
@@ -224,4 +225,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_command(main, "python -m fusedembed_alignment.demo")

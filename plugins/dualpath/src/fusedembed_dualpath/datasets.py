@@ -23,6 +23,7 @@ from fusedembed.data import (
     read_text,
     tokenize,
 )
+from fusedembed.errors import run_command
 
 from .word2vec import read_word2vec
 
@@ -340,4 +341,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m fusedembed_dualpath.datasets")

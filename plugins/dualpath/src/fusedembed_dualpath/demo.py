@@ -16,6 +16,7 @@ import torch
 
 from fusedembed import build, load_recipe
 from fusedembed.devices import resolve_device
+from fusedembed.errors import run_command
 
 from .baseline import BowCCA
 from .evaluator import RetrievalEvaluator, encode
@@ -82,4 +83,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_command(main, "python -m fusedembed_dualpath.demo")

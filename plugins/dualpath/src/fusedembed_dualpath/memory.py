@@ -16,6 +16,8 @@ import os
 import subprocess
 import sys
 
+from fusedembed.errors import run_command
+
 CASE = r"""
 import json, sys, torch
 import torch.nn.functional as F
@@ -86,4 +88,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m fusedembed_dualpath.memory")

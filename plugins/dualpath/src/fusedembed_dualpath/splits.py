@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from fusedembed.data import DataError, read_text
+from fusedembed.errors import run_command
 
 
 def _file_names(json_path) -> list:
@@ -90,4 +91,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m fusedembed_dualpath.splits")

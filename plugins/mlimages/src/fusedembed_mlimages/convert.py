@@ -32,6 +32,8 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 import torch
 
+from fusedembed.errors import run_command
+
 BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 _UNIT = re.compile(r"^stages_(\d+)_block_(\d+)/")
 _SKIP = re.compile(r"(^|/)(Momentum|global_step)(/|$)|^Variable(_\d+)?$")
@@ -161,4 +163,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_command(main, "python -m fusedembed_mlimages.convert")

@@ -27,6 +27,7 @@ import yaml
 
 from fusedembed import build, load_recipe
 from fusedembed.devices import resolve_device
+from fusedembed.errors import run_command
 from fusedembed.metrics import multilabel_class_ap
 
 from .evaluator import accuracy, multilabel_report, predict, terciles
@@ -223,4 +224,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_command(main, "python -m fusedembed_mlimages.demo")

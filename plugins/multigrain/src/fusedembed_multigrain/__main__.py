@@ -1,3 +1,5 @@
+from fusedembed.errors import run_command
+
 from .tools import main
 
-raise SystemExit(main())
+run_command(main, "python -m fusedembed_multigrain")

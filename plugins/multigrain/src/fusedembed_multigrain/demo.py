@@ -25,6 +25,7 @@ from torchvision.transforms import functional as TF
 
 from fusedembed import build, load_recipe
 from fusedembed.devices import resolve_device
+from fusedembed.errors import run_command
 from fusedembed.metrics import instance_map
 
 from .finetune_p import accuracy, finetune_p, select_per_class
@@ -235,4 +236,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_command(main, "python -m fusedembed_multigrain.demo")
