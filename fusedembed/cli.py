@@ -20,6 +20,29 @@ def _table(rows: List[Sequence[str]]) -> str:
                      for r in rows).rstrip() + "\n"
 
 
+class _Version(argparse.Action):
+    """--version: what a bug report needs, the installed version (a wheel's with its variant
+    label, 0.1.0+pt214cpu), torch, and the devices the kernels were built for."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="show the version, torch and the kernels built, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import PackageNotFoundError, version
+
+        import torch
+
+        from ._extension import build_info
+
+        try:
+            installed = version("fusedembed")
+        except PackageNotFoundError:   # a source tree on sys.path, not installed
+            installed = __version__
+        kernels = ", ".join(build_info()["devices"]) or "none, the pure-PyTorch references run"
+        print(f"fusedembed {installed} (torch {torch.__version__}; kernels: {kernels})")
+        parser.exit()
+
+
 def cmd_plugins(args, out) -> int:
     from .plugins import get_plugin_manager
 
@@ -268,7 +291,7 @@ def _kind(text: str) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fusedembed", description="Image and image-text embeddings: "
                                 "plugins, their components and recipes.")
-    p.add_argument("--version", action="version", version=f"fusedembed {__version__}")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

@@ -27,6 +27,16 @@ def test_plugins_table_lists_builtin_and_exits_0():
     assert "losses: cross_entropy, bce" in out and "models: image_embedding" in out
 
 
+def test_version_names_the_variant_torch_and_the_kernels(capsys):
+    import torch
+
+    import fusedembed
+
+    assert main(["--version"]) == 0
+    kernels = ", ".join(fusedembed.build_info()["devices"]) or "none, the pure-PyTorch references run"
+    assert capsys.readouterr().out == f"fusedembed {version('fusedembed')} (torch {torch.__version__}; kernels: {kernels})\n"
+
+
 def test_plugins_reports_a_broken_plugin_and_exits_1(make_plugin):
     make_plugin("broken", "raise ImportError('needs libfoo')\n", version="0.3")
     code, out = run("plugins")

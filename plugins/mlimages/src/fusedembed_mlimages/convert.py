@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     try:
         facts = convert(args.checkpoint, args.out)
     except (ConversionError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{p.prog}: error: {err}", file=sys.stderr)
         return 1
     print(f"wrote {args.out}: preact_resnet blocks={facts['blocks']} width={facts['width']} "
           f"({facts['out_dim']}-d) + fc for {facts['num_classes']} classes")

@@ -290,7 +290,7 @@ def main(argv=None) -> int:
                              threshold=args.threshold, min_confidence=args.min_confidence, skip_bad=args.skip_bad,
                              **spec)
     except (DataError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{p.prog}: error: {err}", file=sys.stderr)
         return 1
     print(f"wrote {args.out}: {stats['images']} images, labels {stats['labels_before']} -> {stats['labels_after']}, "
           f"{stats['strong_pairs']} strongly co-occurring pairs")
