@@ -122,6 +122,16 @@ def test_trains_on_scenes_and_aligns_a_new_image(tmp_path, capsys):
     assert "1 snippets (beta 100" in printed and "'a big red circle'" in printed   # one run at large beta
     assert Image.open(tmp_path / "snip.png").size[0] >= 256
 
+    # Bad input names the option: a box given as x,y,w,h, a file that is no image.
+    model = str(tmp_path / "run" / "last.pt")
+    with pytest.raises(SystemExit, match=r"--boxes: expected x0 < x1 and y0 < y1 .* got box 2 '30,30,20,20'"):
+        main(["align", model, "--image", str(tmp_path / "img.png"), "--boxes", "0,0,32,32;30,30,20,20",
+              "--sentence", "a red circle"])
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(SystemExit, match=r"--image: cannot decode image .*notes.png"):
+        main(["align", model, "--image", str(tmp_path / "notes.png"), "--boxes", "0,0,32,32",
+              "--sentence", "a red circle"])
+
 
 def test_vocab_command_keeps_training_words_seen_min_count_times(tmp_path, capsys):
     from fusedembed_alignment.__main__ import main

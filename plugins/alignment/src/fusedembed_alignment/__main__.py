@@ -38,7 +38,13 @@ def _parse_boxes(text: str) -> torch.Tensor:
         raise SystemExit(f"--boxes: expected 'x0,y0,x1,y1;...' numbers, got {text!r}") from None
     if boxes.numel() and (boxes.dim() != 2 or boxes.shape[1] != 4):
         raise SystemExit(f"--boxes: expected 4 numbers per box, got {text!r}")
-    return boxes.reshape(-1, 4)
+    boxes = boxes.reshape(-1, 4)
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        # A box without area aligns no word; most often it is x,y,w,h given for x0,y0,x1,y1.
+        if not (x0 < x1 and y0 < y1):
+            raise SystemExit(f"--boxes: expected x0 < x1 and y0 < y1 (corners, in pixels), got box {i + 1} "
+                             f"{rows[i].strip()!r}")
+    return boxes
 
 
 def align(args) -> int:
@@ -56,7 +62,10 @@ def align(args) -> int:
     else:
         boxes = _parse_boxes(args.boxes or "")
     embedder = load_embedder(args.model, device=args.device)
-    image = decode_image(args.image)
+    try:
+        image = decode_image(args.image)
+    except (ValueError, OSError) as err:
+        raise SystemExit(f"--image: {err}") from None
     x = embedder.image_transform(image)
     scale = torch.tensor([x.shape[2] / image.shape[2], x.shape[1] / image.shape[1]] * 2)
     text = embedder.text_batch([args.sentence])
