@@ -60,7 +60,7 @@ def test_ukbench_groups_sorted_names(tmp_path):
     _save(tmp_path / "ukbench00004.jpg", COLOURS[0], noise=4)
     assert evaluate(MeanColour(), "ukbench", tmp_path, size=20)["ns_score"] == pytest.approx((6 * 3 + 2 * 1) / 8)
     _save(tmp_path / "ukbench00008.jpg", COLOURS[2])
-    with pytest.raises(ValueError, match="multiple of 4"):
+    with pytest.raises(DataError, match="UKBench: expected a multiple of 4 images, got 9"):
         UKBench(tmp_path)
 
 
@@ -106,7 +106,7 @@ def test_revisited_protocols_and_query_crop(tmp_path):
 
 
 def test_missing_folders_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="gnd_rparis6k.pkl"):
+    with pytest.raises(DataError, match="gnd_rparis6k.pkl: Revisited: file not found"):
         Revisited(tmp_path, "rparis6k")
     with pytest.raises(ValueError, match="benchmark must be"):
         evaluate(MeanColour(), "oxford", tmp_path)

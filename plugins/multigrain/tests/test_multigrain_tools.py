@@ -61,3 +61,24 @@ def test_finetune_p_whiten_evaluate(trained, capsys):
     assert main(["evaluate", "multigrain/imagenet_r50", str(tmp / "w.pt"), *overrides, "--benchmark", "ukbench",
                  "--root", str(uk), "--size", "40"]) == 0
     assert 0 <= json.loads(capsys.readouterr().out)["ns_score"] <= 4
+
+
+def test_bad_input_is_named_before_any_work(tmp_path, capsys):
+    """Usage errors (status 2) name the option; missing data is a DataError the command prints in one
+    line (fusedembed.errors.run_command): the checkpoint is never loaded for either."""
+    from fusedembed.data import DataError
+
+    def usage_error(*argv):
+        with pytest.raises(SystemExit) as exit_:
+            main(list(argv))
+        assert exit_.value.code == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    assert "argument --size: expected an integer > 0, got '0'" in usage_error(
+        "finetune-p", "multigrain/scenes", "none.pt", "--size", "0", "--out", "p.pt")
+    (tmp_path / "one").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "one" / "a.jpg")
+    assert "--images: expected a folder of at least 2 images (jpg/png) to fit the whitening on, found 1" in usage_error(
+        "whiten", "multigrain/scenes", "none.pt", "--images", str(tmp_path / "one"), "--out", "w.pt")
+    with pytest.raises(DataError, match="nope: expected a folder of images, it is not a folder"):
+        main(["whiten", "multigrain/scenes", "none.pt", "--images", str(tmp_path / "nope"), "--out", "w.pt"])

@@ -30,7 +30,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from fusedembed.data import load_image, read_text
+from fusedembed.data import DataError, load_image, read_text
 from fusedembed.index import build_index
 from fusedembed.metrics import holidays_map, instance_map, listed_map, ukbench_score
 
@@ -48,7 +48,7 @@ def read_image(path) -> torch.Tensor:
 def list_images(folder) -> List[Path]:
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"{str(folder)!r} is not a folder")
+        raise DataError(folder, None, "expected a folder of images, it is not a folder")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
@@ -87,7 +87,7 @@ def read_rotations(path) -> Dict[str, int]:
         import yaml
         table = yaml.safe_load(text)
     if not isinstance(table, dict) or not all(isinstance(v, int) and v % 90 == 0 for v in table.values()):
-        raise ValueError(f"{path}: expected a map image name -> multiple of 90 degrees")
+        raise DataError(path, None, "expected a map image name -> multiple of 90 degrees")
     return table
 
 
@@ -101,15 +101,15 @@ class Holidays:
         folder = root / "jpg" if (root / "jpg").is_dir() else root
         self.paths = list_images(folder)
         if not self.paths:
-            raise FileNotFoundError(f"Holidays: no images in {str(folder)!r}")
+            raise DataError(folder, None, "Holidays: expected its images (GGGGNN.jpg), found none")
         try:
             ids = [int(p.stem) for p in self.paths]
         except ValueError as e:
-            raise ValueError(f"Holidays: image names must be GGGGNN.jpg digits, got {e}") from None
+            raise DataError(folder, None, f"Holidays: image names must be GGGGNN.jpg digits, got {e}") from None
         self.groups = [i // 100 for i in ids]
         self.queries = [n for n, i in enumerate(ids) if i % 100 == 0]
         if len({self.groups[q] for q in self.queries}) != len(set(self.groups)):
-            raise ValueError("Holidays: every group needs its GGGG00 query image")
+            raise DataError(folder, None, "Holidays: every group needs its GGGG00 query image")
         self.rotations = read_rotations(rotations) if isinstance(rotations, (str, Path)) else (rotations or {})
 
     def images(self) -> List[torch.Tensor]:
@@ -127,7 +127,7 @@ class UKBench:
         folder = root / "full" if (root / "full").is_dir() else root
         self.paths = list_images(folder)
         if not self.paths or len(self.paths) % 4:
-            raise ValueError(f"UKBench: expected a multiple of 4 images in {str(folder)!r}, got {len(self.paths)}")
+            raise DataError(folder, None, f"UKBench: expected a multiple of 4 images, got {len(self.paths)}")
 
     def images(self) -> List[torch.Tensor]:
         return [read_image(p) for p in self.paths]
@@ -144,12 +144,12 @@ class Copydays:
         self.originals = list_images(root)
         self.variants = list_images(root / subset)
         if not self.originals or not self.variants:
-            raise FileNotFoundError(f"Copydays: need originals in {str(root)!r} and queries in {subset}/")
+            raise DataError(root, None, f"Copydays: expected the originals here and the queries in {subset}/")
         group = {int(p.stem) // 100 * 100: n for n, p in enumerate(self.originals)}
         try:
             self.targets = [group[int(p.stem) // 100 * 100] for p in self.variants]
         except KeyError as e:
-            raise ValueError(f"Copydays: query of group {e} has no original") from None
+            raise DataError(root, None, f"Copydays: query of group {e} has no original") from None
         self.distractors = list_images(distractors)[:max_distractors] if distractors else []
 
     def gallery_images(self) -> List:
@@ -175,13 +175,13 @@ class Revisited:
         root = Path(root).expanduser()
         gnd_file = root / f"gnd_{dataset}.pkl"
         if not gnd_file.is_file():
-            raise FileNotFoundError(f"Revisited: {str(gnd_file)!r} not found")
+            raise DataError(gnd_file, None, "Revisited: file not found (the dataset's ground truth)")
         with open(gnd_file, "rb") as f:
             cfg = pickle.load(f)
         self.folder, self.crop_query = root / "jpg", crop_query
         self.imlist, self.qimlist, self.gnd = cfg["imlist"], cfg["qimlist"], cfg["gnd"]
         if len(self.gnd) != len(self.qimlist):
-            raise ValueError(f"Revisited: {len(self.qimlist)} queries but {len(self.gnd)} ground truths")
+            raise DataError(gnd_file, None, f"Revisited: {len(self.qimlist)} queries but {len(self.gnd)} ground truths")
 
     def _path(self, name: str) -> Path:
         return self.folder / (name if Path(name).suffix else name + ".jpg")

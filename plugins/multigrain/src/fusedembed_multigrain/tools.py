@@ -49,6 +49,16 @@ def _split_images(recipe, split, per_class=None):
     return [data.raw_image(i) for i in idx], [labels[i] for i in idx]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected an integer > 0, got {text!r}")
+    return value
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m fusedembed_multigrain", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -56,13 +66,13 @@ def main(argv=None) -> int:
         s = sub.add_parser(name)
         s.add_argument("recipe")
         s.add_argument("checkpoint")
-        s.add_argument("--size", type=int, default=224, help="test resolution s* (largest side)")
+        s.add_argument("--size", type=_positive_int, default=224, help="test resolution s* (largest side)")
         s.add_argument("--device", default="cpu")
         s.add_argument("overrides", nargs="*", help="dotted key=value overrides of the recipe")
         if name != "evaluate":
             s.add_argument("--out", required=True, help="the checkpoint to write")
     ft = sub.choices["finetune-p"]
-    ft.add_argument("--images-per-class", type=int, default=50)
+    ft.add_argument("--images-per-class", type=_positive_int, default=50)
     ft.add_argument("--lr", type=float, default=0.005)
     ft.add_argument("--cross-validate", action="store_true")
     ft.add_argument("--candidates", type=float, nargs="+", default=[1, 2, 3, 4, 5, 6, 8])
@@ -76,6 +86,11 @@ def main(argv=None) -> int:
     ev.add_argument("--distractors", default=None, help="Copydays distractor folder")
     ev.add_argument("--no-crop-query", action="store_true", help="revisited: full query images")
     args = p.parse_args(argv)
+    if args.command == "whiten":
+        whitening_images = list_images(args.images)
+        if len(whitening_images) < 2:     # a PCA of one feature vector has no directions
+            p.error(f"--images: expected a folder of at least 2 images (jpg/png) to fit the whitening on, "
+                    f"found {len(whitening_images)} in {args.images!r}")
 
     recipe = load_recipe(args.recipe, args.overrides)
     model = _model(recipe, args.checkpoint, args.device)
@@ -89,7 +104,7 @@ def main(argv=None) -> int:
             print(json.dumps({"p": finetune_p(model, images, labels, args.size, lr=args.lr, device=args.device)}))
         print(f"wrote {_save(model, args.checkpoint, args.out)}")
     elif args.command == "whiten":
-        whiten_model(model, list_images(args.images), args.size, args.device, include_last=not args.no_include_last)
+        whiten_model(model, whitening_images, args.size, args.device, include_last=not args.no_include_last)
         print(f"wrote {_save(model, args.checkpoint, args.out)}")
     else:
         scores = evaluate(model, args.benchmark, args.root, device=args.device, size=args.size,
