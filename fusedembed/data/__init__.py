@@ -48,7 +48,7 @@ alignment metrics take ``groups``).
 """
 
 from .collate import by_image_size, collate
-from .errors import DataError, SkipLog, read_text, text_lines
+from .errors import DataError, SkipLog, read_json, read_text, text_lines
 from .image_captions import ImageCaptionDataset, caption_folder, karpathy
 from .image_io import ImageReadError, SkipsUnreadable, check_image, load_image
 from .scene_dataset import ScenesDataset, ensure_split, scene_vocab, scenes
@@ -56,7 +56,7 @@ from .vocab import PAD_ID, UNK_ID, Vocab, normalize_token, tokenize
 from .word_vectors import embedding_matrix, read_word_vectors
 
 __all__ = [
-    "collate", "by_image_size", "DataError", "SkipLog", "read_text", "text_lines", "ImageCaptionDataset", "caption_folder",
+    "collate", "by_image_size", "DataError", "SkipLog", "read_json", "read_text", "text_lines", "ImageCaptionDataset", "caption_folder",
     "karpathy", "ImageReadError", "SkipsUnreadable", "check_image", "load_image",
     "ScenesDataset", "ensure_split", "scene_vocab", "scenes", "PAD_ID", "UNK_ID", "Vocab",
     "tokenize", "normalize_token", "read_word_vectors", "embedding_matrix",

@@ -1,5 +1,6 @@
 """Errors of the data readers, and the bookkeeping of what a lenient reader skipped."""
 
+import json
 import warnings
 from pathlib import Path
 
@@ -43,6 +44,15 @@ def read_text(path) -> str:
         raise DataError(path, None, "file not found") from None
     except UnicodeDecodeError:
         raise not_utf8(Path(path).expanduser()) from None
+
+
+def read_json(path):
+    """A UTF-8 JSON file, parsed; a :class:`DataError` naming it when it is missing, not UTF-8 or
+    not JSON (the line and column of the first error)."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as err:
+        raise DataError(path, f"line {err.lineno} column {err.colno}", f"invalid JSON: {err.msg}") from None
 
 
 def text_lines(path):

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from .captions import CaptionDataset
-from .errors import DataError, SkipLog, read_text, text_lines
+from .errors import DataError, SkipLog, read_json, text_lines
 from .image_io import SkipsUnreadable, check_image, load_image
 from .vocab import Vocab, normalize_token, tokenize
 
@@ -90,11 +90,7 @@ def karpathy(json_path, image_root, split="train", view: str = "pair",
         fewer is an error (or skipped).
     """
     log = SkipLog(skip_bad)
-    try:
-        doc = json.loads(read_text(json_path))
-    except json.JSONDecodeError as err:
-        raise DataError(json_path, f"line {err.lineno} column {err.colno}",
-                        f"invalid JSON: {err.msg}") from None
+    doc = read_json(json_path)
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise DataError(json_path, None, "expected an object with an 'images' list "
                         "(Karpathy split layout)")

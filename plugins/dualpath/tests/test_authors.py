@@ -146,6 +146,13 @@ def test_authors_splits_from_karpathy_json_and_flickr8k_lists(tmp_path):
     assert not set(coco["val"]) & set(coco["test"]) and coco == coco_split([f"{i}.jpg" for i in range(30)], 1, 10)
     with pytest.raises(SystemExit):
         splits_main(["flickr30k", str(tmp_path / "k.json"), str(tmp_path / "o2")])
+    # The wrong file: too few images for the authors' 10,000 held out, or no JSON at all.
+    from fusedembed.data import DataError
+    with pytest.raises(DataError, match=r"k.json: coco: expected more than the 10,000 images .* got 5"):
+        splits_main(["coco", str(tmp_path / "k.json"), str(tmp_path / "o3")])
+    (tmp_path / "bad.json").write_text("{images: []}")
+    with pytest.raises(DataError, match=r"bad.json:line 1 column 2: invalid JSON"):
+        splits_main(["coco", str(tmp_path / "bad.json"), str(tmp_path / "o4")])
 
 
 def test_map_and_the_authors_median_rank_next_to_vse_plus_plus():

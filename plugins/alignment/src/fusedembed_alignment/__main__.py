@@ -22,7 +22,6 @@ to the checkpoint's recipe; the model is the checkpoint's.
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -174,12 +173,9 @@ def split_snippets_command(args) -> int:
 
 
 def vocab(args) -> int:
-    from fusedembed.data import Vocab, read_text, tokenize
+    from fusedembed.data import Vocab, read_json, tokenize
 
-    try:
-        doc = json.loads(read_text(args.json))
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"{args.json}: line {err.lineno} column {err.colno}: invalid JSON: {err.msg}") from None
+    doc = read_json(args.json)
     # The words of the training captions, as alignment/karpathy_boxes builds its vocabulary.
     tokens = [[t.lower() for t in (s.get("tokens") or tokenize(s.get("raw", "")))] for im in doc.get("images", [])
               if im.get("split") in ("train", "restval") for s in im.get("sentences", [])]

@@ -16,7 +16,6 @@ The scenes data needs no file: the core ``scenes`` dataset's items already hold 
 their objects (and ``word_objects``, the truth the alignment metrics score against).
 """
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fusedembed.data import DataError, Vocab, karpathy, read_text
+from fusedembed.data import DataError, Vocab, karpathy, read_json
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).reshape(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).reshape(3, 1, 1)
@@ -54,10 +53,7 @@ def read_detections(path) -> dict:
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
             return {name: _rows(z[name], path, name) for name in z.files}
-    try:
-        doc = json.loads(read_text(path))
-    except json.JSONDecodeError as err:
-        raise DataError(path, f"line {err.lineno} column {err.colno}", f"invalid JSON: {err.msg}") from None
+    doc = read_json(path)
     if not isinstance(doc, dict):
         raise DataError(path, None, f"expected an object {{filename: boxes}}, got {type(doc).__name__}")
     return {name: _rows(v, path, name) for name, v in doc.items()}

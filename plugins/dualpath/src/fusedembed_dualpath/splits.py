@@ -15,18 +15,17 @@ Each list is ``OUT_DIR/{train,val,test}.txt``, one image file name a line: what 
 """
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 import torch
 
-from fusedembed.data import DataError, read_text
+from fusedembed.data import DataError, read_json, read_text
 from fusedembed.errors import run_command
 
 
 def _file_names(json_path) -> list:
-    doc = json.loads(read_text(json_path))
+    doc = read_json(json_path)
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise DataError(json_path, None, "expected an object with an 'images' list (Karpathy split layout)")
     names = [e.get("filename") for e in doc["images"] if isinstance(e, dict)]
@@ -51,7 +50,10 @@ def flickr30k_split(names, test_ids: set, dev_ids: set) -> dict:
     return out
 
 
-def coco_split(names, seed: int = 1, held_out: int = 10_000) -> dict:
+COCO_HELD_OUT = 10_000   # the authors' seeded random 5,000 val + 5,000 test
+
+
+def coco_split(names, seed: int = 1, held_out: int = COCO_HELD_OUT) -> dict:
     if held_out > len(names) or held_out % 2:
         raise ValueError(f"coco split: held_out must be even and at most the {len(names)} images, got {held_out}")
     order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -84,6 +86,9 @@ def main(argv=None) -> dict:
             p.error("flickr30k needs --flickr8k-test and --flickr8k-dev (the Flickr8k list files)")
         split = flickr30k_split(names, _photo_ids(args.flickr8k_test), _photo_ids(args.flickr8k_dev))
     else:
+        if len(names) <= COCO_HELD_OUT:
+            raise DataError(args.karpathy_json, None, f"coco: expected more than the {COCO_HELD_OUT:,} images held "
+                            f"out for val and test, got {len(names):,} (is it dataset_coco.json?)")
         split = coco_split(names, args.seed)
     counts = write(split, args.out_dir)
     print(f"{args.dataset}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + f" images in {args.out_dir}")
