@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence
 
 from ._version import __version__
 from .config import dump, load_recipe
-from .errors import UserError
+from .errors import UserError, user_message
 from .registry import KINDS, RegistryError, kind_of
 
 OK, FAILURE, USAGE = 0, 1, 2
@@ -376,6 +376,9 @@ def main(argv: Optional[List[str]] = None, out=None) -> int:
         return exit_.code if isinstance(exit_.code, int) else USAGE
     try:
         return args.func(args, out)
-    except UserError as err:
-        print(f"fusedembed {args.command}: error: {err}", file=sys.stderr)
+    except (UserError, ValueError) as err:
+        message = user_message(err)
+        if message is None:
+            raise
+        print(f"fusedembed {args.command}: error: {message}", file=sys.stderr)
         return FAILURE

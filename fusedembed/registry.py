@@ -373,6 +373,8 @@ class Registry:
             try:
                 obj = entry.target(**cfg, **runtime)
             except Exception as err:
+                if not hasattr(err, "fusedembed_component"):   # the innermost build names the component
+                    err.fusedembed_component = f"{self.kind.name} {entry.name!r}"
                 if hasattr(err, "add_note"):
                     err.add_note(f"while building {self.kind.name} {entry.name!r} from {entry}")
                 raise
