@@ -1,6 +1,8 @@
 """Class dictionary, list format, and the hierarchy / co-occurrence label augmentation on a
 small hand-made hierarchy."""
 
+import re
+
 import pytest
 from fusedembed_mlimages.labels import (
     cooccurrence,
@@ -118,6 +120,10 @@ def test_augment_command_writes_the_list(tmp_path, capsys):
     assert (tmp_path / "out.txt").read_text().splitlines() == [
         "x.jpg\t0:0.9\t1:0.9\t4:0.9\t6:0.9", "z.jpg\t0:1\t1:1\t3:1\t5:0.8\t7:0.8"]
     assert "2 images, labels 3 -> 9, 1 strongly co-occurring pairs" in capsys.readouterr().out
+    for option, value, expected in (("--threshold", "1", r"\[0, 1\)"), ("--min-confidence", "1.5", r"\[0, 1\]")):
+        with pytest.raises(SystemExit):
+            main([str(tmp_path / "list.txt"), *args, option, value])
+        assert re.search(rf"{option}: expected a value in {expected}, got {float(value)}", capsys.readouterr().err)
     assert parse_class_spec("0-2, 5", 8) == {0, 1, 2, 5}
     with pytest.raises(ValueError, match="'9' is outside"):
         parse_class_spec("9", 8)

@@ -282,6 +282,11 @@ def main(argv=None) -> int:
     p.add_argument("--to-classes", help="the classes j may come from (default: all)")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed lines (counted) instead of failing")
     args = p.parse_args(argv)
+    # CO(i, j) = n_ij / n_i lies in [0, 1]: a threshold of 1 or more would add nothing, silently.
+    if not 0 <= args.threshold < 1:
+        p.error(f"--threshold: expected a value in [0, 1), got {args.threshold} (CO(i, j) never exceeds 1)")
+    if not 0 <= args.min_confidence <= 1:
+        p.error(f"--min-confidence: expected a value in [0, 1], got {args.min_confidence}")
     try:
         classes = read_class_dictionary(args.dictionary)
         spec = {k: parse_class_spec(v, len(classes)) if v else None
