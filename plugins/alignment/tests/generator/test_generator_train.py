@@ -109,6 +109,11 @@ def test_consensus_caption_and_nearest_neighbour(scenes_root):
     assert sorted(hyps) == sorted(refs)
     scores = CaptionEvaluator(beam_size=2, max_len=5, meteor=False, prefix="beam2/")(model, loader, device="cpu")
     assert set(scores) == {f"beam2/{k}" for k in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D")}
+    # Decoding options are refused when the evaluator is built, not after training.
+    for bad, message in (({"beam_size": 0}, "beam_size must be >= 1, got 0"), ({"max_len": 0}, "max_len must be >= 1"),
+                         ({"length_norm": -1.0}, "length_norm must be >= 0, got -1.0")):
+        with pytest.raises(ValueError, match=f"captions evaluator: {message}"):
+            CaptionEvaluator(**bad)
 
 
 def test_demo_runs_end_to_end_at_toy_size(scenes_root, tmp_path, monkeypatch):

@@ -73,8 +73,13 @@ class CaptionEvaluator:
 
     def __init__(self, beam_size: int = 1, max_len: int = 20, length_norm: float = 0.0, meteor: bool = True,
                  prefix: str = ""):
+        # Checked here, at build, so a bad value is refused before any training or decoding.
         if beam_size < 1:
             raise ValueError(f"captions evaluator: beam_size must be >= 1, got {beam_size}")
+        if max_len < 1:
+            raise ValueError(f"captions evaluator: max_len must be >= 1, got {max_len}")
+        if length_norm < 0:
+            raise ValueError(f"captions evaluator: length_norm must be >= 0, got {length_norm}")
         self.beam_size, self.max_len, self.length_norm = beam_size, max_len, length_norm
         self.meteor, self.prefix = meteor, prefix
         self._warned = False
