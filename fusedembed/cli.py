@@ -274,11 +274,21 @@ def _use_commands(sub) -> None:
     sv.add_argument("model", metavar="MODEL")
     sv.add_argument("index", metavar="INDEX")
     sv.add_argument("--host", default="127.0.0.1", help="default: %(default)s (this machine only)")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--port", type=_port, default=8000)
     sv.add_argument("--index-kind", choices=("exact", "flat", "ivfpq"), default="exact")
     sv.add_argument("--max-request-bytes", type=int, default=8 << 20, help="default: 8 MiB")
     sv.add_argument("--device", default=None)
     sv.set_defaults(func=cmd_serve)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port in [1, 65535], got {text!r}")
+    return port
 
 
 def _kind(text: str) -> str:

@@ -132,3 +132,9 @@ def test_pyproject_declares_the_script_and_builtin_entry_point():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert meta["scripts"]["fusedembed"] == "fusedembed.cli:main"
     assert meta["entry-points"]["fusedembed"]["builtin"] == "fusedembed.builtin"
+
+
+@pytest.mark.parametrize("port", ["0", "99999", "http"])
+def test_serve_refuses_a_port_out_of_range_before_loading_anything(port, capsys):
+    assert main(["serve", "no-model.pt", "no-index.npy", "--port", port]) == 2
+    assert f"argument --port: expected a TCP port in [1, 65535], got '{port}'" in capsys.readouterr().err
