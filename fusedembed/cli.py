@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence
 
 from ._version import __version__
 from .config import dump, load_recipe
-from .errors import UserError, user_message
+from .errors import UserError, report
 from .registry import KINDS, RegistryError, kind_of
 
 OK, FAILURE, USAGE = 0, 1, 2
@@ -387,8 +387,6 @@ def main(argv: Optional[List[str]] = None, out=None) -> int:
     try:
         return args.func(args, out)
     except (UserError, ValueError) as err:
-        message = user_message(err)
-        if message is None:
+        if not report(err, f"fusedembed {args.command}"):
             raise
-        print(f"fusedembed {args.command}: error: {message}", file=sys.stderr)
         return FAILURE

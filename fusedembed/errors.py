@@ -27,6 +27,15 @@ def user_message(err: BaseException) -> Optional[str]:
     return None
 
 
+def report(err: BaseException, prog: str) -> bool:
+    """Prints ``PROG: error: MESSAGE`` for an error with a :func:`user_message`; False (nothing
+    printed) for any other, which the caller re-raises."""
+    message = user_message(err)
+    if message is not None:
+        print(f"{prog}: error: {message}", file=sys.stderr)
+    return message is not None
+
+
 def run_command(main: Callable[[], object], prog: str) -> NoReturn:
     """Runs a command-line program's ``main()`` and exits as the ``fusedembed`` command does: an
     error with a :func:`user_message` prints ``PROG: error: MESSAGE`` and exits with status 1;
@@ -37,9 +46,7 @@ def run_command(main: Callable[[], object], prog: str) -> NoReturn:
     try:
         status = main()
     except (UserError, ValueError) as err:
-        message = user_message(err)
-        if message is None:
+        if not report(err, prog):
             raise
-        print(f"{prog}: error: {message}", file=sys.stderr)
         sys.exit(1)
     sys.exit(status if isinstance(status, int) else 0)

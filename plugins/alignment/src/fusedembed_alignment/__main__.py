@@ -60,11 +60,11 @@ def align(args) -> int:
         boxes = torch.from_numpy(dets[key])
     else:
         boxes = _parse_boxes(args.boxes or "")
-    embedder = load_embedder(args.model, device=args.device)
-    try:
+    try:   # before the model loads: a bad file is found at once
         image = decode_image(args.image)
     except (ValueError, OSError) as err:
         raise SystemExit(f"--image: {err}") from None
+    embedder = load_embedder(args.model, device=args.device)
     x = embedder.image_transform(image)
     scale = torch.tensor([x.shape[2] / image.shape[2], x.shape[1] / image.shape[1]] * 2)
     text = embedder.text_batch([args.sentence])
