@@ -58,8 +58,13 @@ def init(device_type: str, timeout_s: float = 1800.0) -> World:
     return w
 
 
-def shutdown(w: World) -> None:
+def shutdown(w: World, clean: bool = True) -> None:
+    """Leaves the process group. After a clean run each rank first waits for the others (rank 0
+    writes the report after the last collective): a rank tearing gloo down while a peer still
+    holds its connections can abort ("terminate called without an active exception")."""
     if w.distributed and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 

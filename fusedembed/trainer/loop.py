@@ -99,6 +99,7 @@ class Trainer:
         # a resumed run drops the rows logged after its checkpoint: no step appears twice
         self.log = MetricsLog(self.run_dir, enabled=self.main,
                               resume_step=self.global_step if self.resume_state else None)
+        finished = False
         try:
             prev = None
             start = int(self.resume_state["stage"]) if self.resume_state else 0
@@ -109,11 +110,12 @@ class Trainer:
             if self.main:
                 from .report import write_report
                 write_report(self.run_dir, self.recipe, self.log.read(), self.best)
+            finished = True
             return self.last_eval
         finally:
             self.progress.close()
             self.log.close()
-            D.shutdown(self.world)
+            D.shutdown(self.world, clean=finished)   # after a failure a peer may never reach a barrier
 
     def run_step(self, group: List[dict]) -> torch.Tensor:
         """One optimizer step on ``group`` (``accumulate`` micro-batches): forward, losses,
