@@ -9,6 +9,7 @@ reach the host once per flush (every ``log_every`` steps, before each checkpoint
 """
 
 import contextlib
+import gc
 import math
 import warnings
 from pathlib import Path
@@ -326,4 +327,11 @@ class Trainer:
 
 def train(recipe: Recipe, run_dir, *, resume=None, out=print, **kwargs) -> Dict[str, float]:
     """Trains ``recipe`` into ``run_dir``; returns the last evaluation's metrics."""
-    return Trainer(recipe, run_dir, resume=resume, out=out, **kwargs).fit()
+    trainer = Trainer(recipe, run_dir, resume=resume, out=out, **kwargs)
+    try:
+        return trainer.fit()
+    finally:
+        # The trainer and its hooks hold each other: free them (DDP's reducer and its pending gloo
+        # work among them) now; freed at interpreter exit instead, gloo work can abort the process.
+        del trainer
+        gc.collect()
