@@ -105,6 +105,13 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
+# YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no, so `trainer.amp=off`
+# became False and was refused as "not one of 'auto', 'bf16', 'fp16', 'off'".
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 # YAML aliases (*a) repeat their anchor's content without copying it: a few hundred bytes of
@@ -319,7 +326,8 @@ class _Validator:
               or tp is float and isinstance(value, int) and not isinstance(value, bool))
         if ok:
             return float(value) if tp is float else value
-        return self.fail(where, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        hint = " (write true or false)" if tp is bool else ""
+        return self.fail(where, f"expected {_type_name(tp)}{hint}, got {type(value).__name__} {value!r}")
 
     def fail(self, where: str, message: str):
         self.problems.append(f"{where or 'recipe'}: {message}")

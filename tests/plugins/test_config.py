@@ -136,7 +136,7 @@ def test_unknown_keys_and_types_are_all_reported(write, registries):
         "unknown key 'trainer.momentum' (did you mean 'trainer.optimizer.momentum'?)",
         "trainer.epochs: expected int, got str 'ten'",
         "trainer.amp: expected one of 'auto', 'bf16', 'fp16', 'off', got 'fp32'",
-        "trainer.channels_last: expected bool, got int 1",
+        "trainer.channels_last: expected bool (write true or false), got int 1",
         "model.backbone: backbone 'tiny_cnn' has no argument 'widht' (did you mean 'width'?). "
         "It accepts: width, depth, in_channels, pool, gem_p",
         "losses[0].weight: expected float, got str 'x'",
@@ -218,6 +218,17 @@ def test_stage_errors_name_the_stage(write, registries):
     assert "stages[1] (two): unknown key 'trainer.lrr' (did you mean 'lr'?)" in msg
     assert "stages[1] (two): losses[0]: unknown loss 'cross_entropi'" in msg
     assert "stages[2]: expected a mapping with a string 'name'" in msg
+
+
+def test_off_is_a_word_and_booleans_are_true_or_false(write, registries, tmp_path):
+    # YAML 1.1 read off/on/yes/no as booleans: `trainer.amp=off` was refused as "got False"
+    r = load_recipe(write("base.yaml", BASE + "      amp: off\n"), ["trainer.channels_last=False"])
+    assert r.trainer.amp == "off" and r.trainer.channels_last is False
+    assert load_recipe(save_recipe(r, tmp_path / "run")) == r
+    assert load_recipe(write("b.yaml", BASE), ["trainer.amp=off"]).trainer.amp == "off"
+    with pytest.raises(RecipeError, match=r"trainer.channels_last: expected bool \(write true or false\), "
+                                          r"got str 'no'"):
+        load_recipe(write("c.yaml", BASE), ["trainer.channels_last=no"])
 
 
 def test_resolved_config_is_saved_and_loads_back(write, registries, tmp_path):
@@ -340,7 +351,7 @@ def test_scalar_arguments_of_factories_are_type_checked(write, registries):
     bad = {"name": "toy", "width": 2.5, "flip": 1, "mode": "c", "sizes": [1, "x"], "either": [1],
            "count": "x", "widths": [1, "x"], "lists": {"a": 1}}
     assert check_components([("model", "model", bad)], toy) == [
-        "model.width: expected int, got float 2.5", "model.flip: expected bool, got int 1",
+        "model.width: expected int, got float 2.5", "model.flip: expected bool (write true or false), got int 1",
         "model.mode: expected one of 'a', 'b', got 'c'", "model.sizes[1]: expected int, got str 'x'",
         "model.either: expected int or str, got list [1]", "model.count: expected int, got str 'x'",
         "model.widths[1]: expected int, got str 'x'", "model.lists.a: expected str, got int 1"]
