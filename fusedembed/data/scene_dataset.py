@@ -12,9 +12,10 @@ truth) and ``hierarchy.txt`` (the class dictionary in the ML-Images format); voc
 ``<root>/vocab-seed<seed>-n<N>-v<VERSION>.json``. ``root`` defaults to
 ``$FUSEDEMBED_DATA/scenes``, else ``$XDG_CACHE_HOME/fusedembed/scenes`` (``~/.cache/…``).
 Each split is written to a temporary folder and renamed into place, so an interrupted
-generation never leaves a partial cache.
+generation never leaves a partial cache; processes sharing the cache generate a split once.
 """
 
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -135,29 +136,39 @@ def ensure_split(split: str = "train", root=None, num_images: int | None = None,
     num_images = SPLITS[split][1] if num_images is None and split in SPLITS else num_images
     _check(split, num_images, image_size, seed)
     final = split_dir(root, split, num_images, image_size, seed)
-    if (final / "images.npy").is_file() and (final / "scenes.json").is_file():
+    if _complete(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():                        # damaged by hand: rebuild
-        shutil.rmtree(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    os.chmod(tmp, 0o755)                      # mkdtemp's 0700 would hide a shared cache
-    try:
-        images, scenes = generate(split, num_images, image_size, seed, progress, workers)
-        np.save(tmp / "images.npy", images)
-        meta = {"params": {"split": split, "num_images": num_images, "image_size": image_size,
-                           "seed": seed, "version": VERSION}, "scenes": scenes}
-        with open(tmp / "scenes.json", "w", encoding="utf-8") as f:
-            json.dump(meta, f, sort_keys=True, separators=(",", ":"))
-        write_hierarchy(tmp / "hierarchy.txt")
+    # One process generates, the others sharing the cache (DDP ranks) wait and use its copy: a
+    # rank that found the folder incomplete must not take the other's fresh copy for a damaged one.
+    with open(final.parent / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _complete(final):
+            return final
+        if final.exists():                    # damaged by hand: rebuild
+            shutil.rmtree(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+        os.chmod(tmp, 0o755)                  # mkdtemp's 0700 would hide a shared cache
         try:
-            os.rename(tmp, final)
-        except OSError:                       # another process finished first: use its copy
-            if not (final / "images.npy").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            images, scenes = generate(split, num_images, image_size, seed, progress, workers)
+            np.save(tmp / "images.npy", images)
+            meta = {"params": {"split": split, "num_images": num_images, "image_size": image_size,
+                               "seed": seed, "version": VERSION}, "scenes": scenes}
+            with open(tmp / "scenes.json", "w", encoding="utf-8") as f:
+                json.dump(meta, f, sort_keys=True, separators=(",", ":"))
+            write_hierarchy(tmp / "hierarchy.txt")
+            try:
+                os.rename(tmp, final)
+            except OSError:                   # a machine sharing the folder (no common lock) was first
+                if not _complete(final):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _complete(split_folder: Path) -> bool:
+    return (split_folder / "images.npy").is_file() and (split_folder / "scenes.json").is_file()
 
 
 def scene_vocab(seed: int = 0, num_train: int = SPLITS["train"][1], root=None,

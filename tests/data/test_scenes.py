@@ -1,5 +1,6 @@
 import hashlib
-import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -256,11 +257,27 @@ def test_cache_is_atomic_and_env_root(tmp_path, monkeypatch):
     monkeypatch.setattr(scenes_mod, "render", failing)
     with pytest.raises(KeyboardInterrupt):
         scenes_mod.ensure_split("val", None, 8, 32, progress=False)
-    assert os.listdir(tmp_path / "scenes") == []          # no partial cache, no temp left
+    assert [p.name for p in (tmp_path / "scenes").iterdir() if not p.name.endswith(".lock")] == []   # no partial cache, no temp
     monkeypatch.setattr(scenes_mod, "render", real)
     d = scenes_mod.ensure_split("val", None, 8, 32, progress=False)
     assert d.parent == tmp_path / "scenes" and (d / "images.npy").is_file()
     assert np.load(d / "images.npy").shape == (8, 32, 32, 3)
+
+
+def test_processes_sharing_the_cache_generate_a_split_once(tmp_path, monkeypatch):
+    # DDP ranks build their datasets at once: the second waits for the first's copy (it once
+    # took that fresh copy for a damaged one and deleted it under the first rank's feet).
+    real, calls = scenes_mod.generate, []
+
+    def slow(*args):
+        calls.append(args)
+        time.sleep(0.5)
+        return real(*args)
+
+    monkeypatch.setattr(scenes_mod, "generate", slow)
+    with ThreadPoolExecutor(2) as pool:     # flock excludes separate opens within a process too
+        dirs = list(pool.map(lambda _: scenes_mod.ensure_split("val", tmp_path, 8, 32, progress=False), range(2)))
+    assert len(calls) == 1 and dirs[0] == dirs[1] and np.load(dirs[0] / "images.npy").shape == (8, 32, 32, 3)
 
 
 def test_bad_arguments(tmp_path):
