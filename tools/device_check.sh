@@ -2,20 +2,24 @@
 # Every check that needs a GPU, in one run of a lent machine (its time is short and each start
 # costs minutes). From the repository root:
 #
-#     bash tools/device_check.sh [test] [sanitize] [bench] [wheel]   # default: all four
+#     bash tools/device_check.sh [test] [sanitize] [bench] [profile] [wheel]   # default: all five
 #
 # The CUDA build (with the seed plugins) runs first, then, in order of what matters most and
 # none stopping the next: `pytest -m cuda` (test); compute-sanitizer memcheck and racecheck over
-# tools/sanitize_ops.py (sanitize); the op benchmarks and the training step (bench); the CUDA
-# wheel installed into a fresh environment and `pytest -m cuda` over the op tests from that
-# installed copy (wheel). Naming groups runs only those: a second call on the warm machine for
-# what the first ran out of time for (ninja keeps build/, so the build is quick then).
+# tools/sanitize_ops.py (sanitize); the op benchmarks, the training step and one recipe per seed
+# plugin against a hand loop (bench); the goal cases of each op under torch.profiler, and under
+# Nsight Compute where `ncu` is installed and may read the counters (profile): what limits a
+# kernel that misses its goal; the CUDA wheel installed into a fresh environment and
+# `pytest -m cuda` over the op tests from that installed copy (wheel). Naming groups runs only
+# those: a second call on the warm machine for what the first ran out of time for (ninja keeps
+# build/, so the build is quick then).
 #
 # BUDGET_S (default 540) bounds the whole run, inside the device tool's 600 s a command: each
 # step gets at most its own limit and what is left, and one with under 20 s left is skipped (the
 # summary says so), so the results always come back. OUT (default build/device-check) receives
-# at most 7 files: summary.txt (each step's status and time, sanitizer summaries, test tails),
-# logs.tar.gz (every log in full) and <gpu>_<bench>.json per benchmark, as in benchmarks/results/.
+# at most 7 files: summary.txt (each step's status and time, sanitizer summaries, test tails,
+# profile headlines), logs.tar.gz (every log in full: the profiles' kernel tables) and
+# <gpu>_<bench>.json per benchmark, as in benchmarks/results/.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/device-check}
@@ -45,7 +49,7 @@ step() {
   return $rc
 }
 
-WANT=" ${*:-test sanitize bench wheel} "
+WANT=" ${*:-test sanitize bench profile wheel} "
 wants() { [[ $WANT == *" $1 "* ]]; }
 
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
@@ -72,6 +76,40 @@ if wants bench; then
     step "bench_$bench" 150 $PY benchmarks/bench_$bench.py --device cuda --json "$OUT/${gpu}_$bench.json"
     grep -E "overhead|TB/s" "$LOGS/bench_$bench.log" | head -5 >> "$SUMMARY"
   done
+  step bench_recipes 150 $PY benchmarks/bench_train_step.py --device cuda --recipe plugins --steps 300 --runs 2 \
+    --json "$OUT/${gpu}_train_step_recipes.json"
+  grep overhead "$LOGS/bench_recipes.log" >> "$SUMMARY"
+fi
+# The cases with speed goals (GeM 256x2048x7x7 fp32 fwd and fwd+bwd, bf16 NCHW fwd+bwd; the sampled
+# loss at 4096x11166 fp32; Potts Viterbi at B=65536 N=16 M=20, the CRF at M=256): each
+# implementation's kernels and host ops per call, then each fusedembed kernel's speed-of-light,
+# memory and occupancy figures.
+if wants profile; then
+  step profile_gem 120 $PY benchmarks/bench_gem_pool.py --device cuda --repeats 5 --profile \
+    --case "(256, 2048, 7, 7) float32 nchw" --case "(256, 2048, 7, 7) bfloat16 nchw"
+  step profile_loss 90 $PY benchmarks/bench_sampled_sigmoid_loss.py --device cuda --repeats 5 --profile \
+    --case "4096x11166 float32"
+  step profile_viterbi 90 $PY benchmarks/bench_mrf_viterbi.py --device cuda --repeats 5 --profile \
+    --case "mrf B=65536 N=16 M=20" --case "crf B=1024 N=30 M=256"
+  for log in profile_gem profile_loss profile_viterbi; do
+    grep "^profile " "$LOGS/$log.log" >> "$SUMMARY"
+  done
+  if command -v ncu > /dev/null; then
+    NCU=(ncu --kernel-name-base demangled -k regex:fusedembed --section SpeedOfLight --section MemoryWorkloadAnalysis
+         --section Occupancy --section LaunchStats)
+    step ncu_gem 60 "${NCU[@]}" -c 4 $PY benchmarks/bench_gem_pool.py --device cuda --repeats 1 --only fusedembed \
+      --case "fwd+bwd (256, 2048, 7, 7) bfloat16 nchw"
+    step ncu_loss 60 "${NCU[@]}" -c 6 $PY benchmarks/bench_sampled_sigmoid_loss.py --device cuda --repeats 1 \
+      --only fusedembed --case "4096x11166 float32"
+    step ncu_viterbi 60 "${NCU[@]}" -c 2 $PY benchmarks/bench_mrf_viterbi.py --device cuda --repeats 1 \
+      --only fusedembed --case "mrf B=65536 N=16 M=20"
+    for log in ncu_gem ncu_loss ncu_viterbi; do
+      grep -E "fusedembed::|^ *(Duration|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Achieved Occupancy) |ERR_" \
+        "$LOGS/$log.log" | head -40 >> "$SUMMARY"
+    done
+  else
+    echo "ncu                not installed: torch.profiler only" >> "$SUMMARY"
+  fi
 fi
 
 # The CUDA wheel, from an environment that sees this machine's torch but not the editable install
