@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import parser, print_table  # noqa: E402
 
-from fusedembed import build, load_recipe  # noqa: E402
+from fusedembed import RecipeError, build, load_recipe  # noqa: E402
 from fusedembed.config import apply_overrides, stage_recipes, to_dict, validate  # noqa: E402
 from fusedembed.distributed import World  # noqa: E402
 from fusedembed.trainer import train  # noqa: E402
@@ -156,14 +156,18 @@ def main():
     if args.runs < 1:
         ap.error(f"--runs must be >= 1, got {args.runs}")
     names = list(chain.from_iterable(PLUGIN_RECIPES if n == "plugins" else [n] for n in args.recipe))
+    try:                                                      # every recipe checked before the first run
+        recipes = {name: registered_recipe(name, args) for name in names}
+    except RecipeError as err:
+        ap.error(f"--recipe: {err}")
     rows = []
     with tempfile.TemporaryDirectory() as root:
         if not names:
             recipe = core_recipe(args, root)
             rows += measure(f"tiny_cnn b{recipe.trainer.batch_size} {recipe.data.train['image_size']}px",
                             recipe, args)
-        for name in names:
-            rows += measure(name, registered_recipe(name, args), args)
+        for name, recipe in recipes.items():
+            rows += measure(name, recipe, args)
     print_table(rows)
     for case in dict.fromkeys(r["case"] for r in rows):
         us = {r["impl"]: r["us"] for r in rows if r["case"] == case}

@@ -62,6 +62,12 @@ def test_an_unknown_case_is_refused_naming_the_cases(bench):
     assert "--case: no case name contains 'B=7'; the cases: mrf B=64 N=16 M=20, " in out.stderr
 
 
+def test_an_unknown_recipe_is_refused_before_any_run(bench):
+    out = bench("bench_train_step.py", "--recipe", "multigrain/scenes", "--recipe", "multigrain/scenez")
+    assert out.returncode == 2 and "--recipe: unknown recipe 'multigrain/scenez' (did you mean" in out.stderr
+    assert out.stdout == ""
+
+
 @pytest.mark.slow
 def test_train_step_bench_runs_a_plugin_recipe_against_a_hand_loop(bench, tmp_path):
     out = bench("bench_train_step.py", "--recipe", "multigrain/scenes", "--steps", "6", "--warmup", "2",
