@@ -54,7 +54,9 @@ def torchrun_train(recipe, tmp_path, name, stall_rank=None):
     cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump(to_dict(recipe)))
     (tmp_path / "child.py").write_text(CHILD)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "OMP_NUM_THREADS": "1"}
+    # A rank that aborts (SIGABRT, as one did in 2 of 8 CI runs at its exit) prints its Python stacks.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "OMP_NUM_THREADS": "1",
+           "PYTHONFAULTHANDLER": "1"}
     if stall_rank is not None:
         env["STALL_RANK"] = str(stall_rank)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -62,7 +64,7 @@ def torchrun_train(recipe, tmp_path, name, stall_rank=None):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     if stall_rank is not None:
         return done
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, "\n".join(ln for ln in done.stderr.splitlines() if "generating" not in ln)
     return torch.load(tmp_path / name / "last.pt", weights_only=True)
 
 
