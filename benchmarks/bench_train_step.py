@@ -4,10 +4,11 @@ Cases: the core's tiny_cnn image-embedding recipe (default), or, with ``--recipe
 (repeatable), registered recipes; ``--recipe plugins`` is one scenes recipe per seed plugin.
 A recipe with stages runs its last stage. Both loops build the recipe's own pieces and run
 ``--steps`` optimizer steps over the trainer's DataLoader (the recipe's sampler and workers).
-The hand loop does only forward, the recipe's weighted losses, backward, gradient clipping and
-the optimizer steps; what the trainer adds per step is its cost: the loss mapping, LR schedule,
-loss bookkeeping on the device, flushes every ``log_every`` steps, and, at an epoch end inside
-the timed span, its checkpoint. Evaluation is off in both (the recipe's evaluators and
+The hand loop does only forward, the recipe's weighted losses, backward, gradient clipping, the
+optimizer steps and the recipe's LR schedule (both loops follow one trajectory: the speed of
+float math can depend on the values); what the trainer adds per step is its cost: the loss
+mapping, loss bookkeeping on the device, flushes every ``log_every`` steps, and, at an epoch end
+inside the timed span, its checkpoint. Evaluation is off in both (the recipe's evaluators and
 data.val dropped). On CUDA both use bf16 autocast and channels_last. Time per step: the wall
 time of the steps after ``--warmup`` (synchronised on CUDA), median over ``--runs`` interleaved
 runs that take turns to go first. Goal: <= 5% overhead.
@@ -15,6 +16,7 @@ Usage: python benchmarks/bench_train_step.py [--quick] [--device cuda] [--recipe
        [--steps N] [--json rows.json]
 """
 
+import math
 import statistics
 import sys
 import tempfile
@@ -34,7 +36,7 @@ from fusedembed.trainer import train  # noqa: E402
 from fusedembed.trainer.data import to_device, train_loader  # noqa: E402
 from fusedembed.trainer.loop import amp_dtype, set_bn_eval  # noqa: E402
 from fusedembed.trainer.losses import build_losses, loss_values  # noqa: E402
-from fusedembed.trainer.optim import build_optimizers  # noqa: E402
+from fusedembed.trainer.optim import Schedule, build_optimizers  # noqa: E402
 
 PLUGIN_RECIPES = ["dualpath/scenes", "multigrain/scenes", "mlimages/scenes", "alignment/scenes"]
 
@@ -92,9 +94,10 @@ def hand_step_time(recipe, args) -> float:
     losses, terms = build_losses(recipe.losses)
     model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     losses.to(device)
-    optimizers = list(build_optimizers(model, losses, cfg).values())
+    optimizers = build_optimizers(model, losses, cfg)
     trainable = [p for p in chain(model.parameters(), losses.parameters()) if p.requires_grad]
     loader = train_loader(build("dataset", recipe.data.train, split="train"), recipe, World(), recipe.data.sampler)
+    schedule = Schedule(optimizers, cfg, math.ceil(len(loader.batch_sampler) / cfg.accumulate))
     model.train()
     losses.train()
     if cfg.bn_eval:
@@ -116,9 +119,10 @@ def hand_step_time(recipe, args) -> float:
                 torch.nn.utils.clip_grad_value_(trainable, cfg.grad_clip_value)
             if cfg.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip_norm)
-            for opt in optimizers:
+            for opt in optimizers.values():
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+            schedule.step()
             step += 1
             if step in (args.warmup, args.steps):
                 sync(args.device)
