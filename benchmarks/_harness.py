@@ -26,12 +26,15 @@ class Case:
     params: Dict[str, object] = field(default_factory=dict)
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, cases: bool = True) -> argparse.ArgumentParser:
+    """The common flags; ``cases``: those of ``run_cases`` too (repeats, filters, profile)."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", metavar="PATH", help="also write the rows as JSON ('-' for stdout)")
-    ap.add_argument("--repeats", type=int, default=20, help="timed repeats per implementation")
     ap.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
+    if not cases:
+        return ap
+    ap.add_argument("--repeats", type=int, default=20, help="timed repeats per implementation")
     ap.add_argument("--only", default=None, help="run only implementations whose name contains this")
     ap.add_argument("--case", action="append", default=[],
                     help="run only cases whose name contains this (repeatable: any of them)")

@@ -147,7 +147,7 @@ def measure(case, recipe, args) -> list:
 
 
 def main():
-    ap = parser(__doc__)
+    ap = parser(__doc__, cases=False)
     ap.add_argument("--recipe", action="append", default=[], metavar="NAME",
                     help=f"a registered recipe; 'plugins' = {', '.join(PLUGIN_RECIPES)}")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 30, quick 15)")
