@@ -157,8 +157,8 @@ def main():
     args.steps = args.steps or (15 if args.quick else 30)
     if args.steps <= args.warmup:
         ap.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup})")
-    if args.runs < 1:
-        ap.error(f"--runs must be >= 1, got {args.runs}")
+    if args.warmup < 1 or args.runs < 1:
+        ap.error(f"--warmup and --runs must be >= 1, got {args.warmup} and {args.runs}")
     names = list(chain.from_iterable(PLUGIN_RECIPES if n == "plugins" else [n] for n in args.recipe))
     try:                                                      # every recipe checked before the first run
         recipes = {name: registered_recipe(name, args) for name in names}
@@ -170,9 +170,15 @@ def main():
             recipe = core_recipe(args, root)
             rows += measure(f"tiny_cnn b{recipe.trainer.batch_size} {recipe.data.train['image_size']}px",
                             recipe, args)
+        failed = []
         for name, recipe in recipes.items():
-            rows += measure(name, recipe, args)
-    print_table(rows)
+            try:                            # one recipe that cannot run must not cost the others' rows
+                rows += measure(name, recipe, args)
+            except Exception as err:
+                failed.append(name)
+                print(f"{name}: skipped ({type(err).__name__}: {str(err)[:300]})", file=sys.stderr)
+    if rows:
+        print_table(rows)
     for case in dict.fromkeys(r["case"] for r in rows):
         us = {r["impl"]: r["us"] for r in rows if r["case"] == case}
         print(f"{case}: trainer overhead vs hand loop: {100 * (us['trainer'] / us['hand loop'] - 1):+.1f}%")
@@ -180,6 +186,8 @@ def main():
         import json
         text = json.dumps(rows, indent=1)
         print(text) if args.json == "-" else Path(args.json).write_text(text + "\n")
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,6 +67,14 @@ def test_an_unknown_recipe_is_refused_before_any_run(bench):
     out = bench("bench_train_step.py", "--recipe", "multigrain/scenes", "--recipe", "multigrain/scenez")
     assert out.returncode == 2 and "--recipe: unknown recipe 'multigrain/scenez' (did you mean" in out.stderr
     assert out.stdout == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_recipe_that_cannot_run_is_reported_and_fails_the_run(bench):
+    out = bench("bench_train_step.py", "--device", "cuda", "--recipe", "multigrain/scenes", "--steps", "3",
+                "--warmup", "1", "--runs", "1")
+    assert out.returncode == 1 and out.stderr.rstrip().endswith("failed: multigrain/scenes")
+    assert "multigrain/scenes: skipped (UsageError: trainer.device='cuda' but no CUDA GPU is visible" in out.stderr
 
 
 @pytest.mark.slow

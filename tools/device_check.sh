@@ -78,7 +78,7 @@ if wants bench; then
   done
   step bench_recipes 150 $PY benchmarks/bench_train_step.py --device cuda --recipe plugins --steps 300 --runs 2 \
     --json "$OUT/${gpu}_train_step_recipes.json"
-  grep overhead "$LOGS/bench_recipes.log" >> "$SUMMARY"
+  grep -E "overhead|skipped|failed" "$LOGS/bench_recipes.log" >> "$SUMMARY"
 fi
 # The cases with speed goals (GeM 256x2048x7x7 fp32 fwd and fwd+bwd, bf16 NCHW fwd+bwd; the sampled
 # loss at 4096x11166 fp32; Potts Viterbi at B=65536 N=16 M=20, the CRF at M=256): each
