@@ -116,12 +116,12 @@ def run_cases(cases: List[Case], args, reference: str = "fusedembed") -> List[di
 def profile_impl(title: str, fn: Callable[[], object], device: str, calls: int = 10, top: int = 8) -> None:
     """Prints what ``calls`` calls of ``fn`` spend their time on, per call: the device's kernels,
     copies and fills (CUDA), then the host's ops by their own time (argument checks, allocations,
-    launches, syncs), which bound a call whose kernels are shorter than its launches."""
+    launches, syncs), which bound a call whose kernels are shorter than its launches. ``fn`` is
+    warm: run_cases has just timed it."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.startswith("cuda")
-    fn()
     if cuda:
         torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:

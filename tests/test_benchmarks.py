@@ -16,10 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def bench(tmp_path, scenes_root):
     def run(name, *args):
-        out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), "--device", "cpu", *args],
-                             capture_output=True, text=True, timeout=600,
-                             env={**os.environ, "FUSEDEMBED_DATA": scenes_root}, cwd=tmp_path)
-        return out
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), "--device", "cpu", *args],
+                              capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "FUSEDEMBED_DATA": scenes_root}, cwd=tmp_path)
     return run
 
 
